@@ -21,7 +21,16 @@ from torch import Tensor
 from .diffusion import GaussianDiffusion
 from .schedule import NoiseSchedule
 
-__all__ = ["sample", "ddpm", "ddim", "dpmpp_2m", "timestep_grid", "SPACINGS", "METHODS"]
+__all__ = [
+    "sample",
+    "ddpm",
+    "ddim",
+    "dpmpp_2m",
+    "classifier_free_guidance",
+    "timestep_grid",
+    "SPACINGS",
+    "METHODS",
+]
 
 ModelFn = Callable[[Tensor, Tensor], Tensor]
 SPACINGS = ("linspace", "leading", "trailing", "quadratic", "logsnr")
@@ -300,3 +309,28 @@ def sample(
             clip_denoised=clip_denoised,
             **kw,
         )
+
+
+def classifier_free_guidance(
+    model: Callable[..., Tensor], y: Tensor, scale: float, null_label: int, channels: int | None = None
+) -> ModelFn:
+    """Ho & Salimans 2022: ε̃ = (1 + w)·ε(x, y) − w·ε(x, ∅), as a ``model(x_t, t)`` callable for any sampler.
+
+    ``y`` [N] are the labels and ``null_label`` the "no class" index the model was trained with (label dropout).
+    ``w = 0`` is plain conditional sampling and ``w = −1`` the unconditional model. With ``channels`` set (learned
+    variances: the output has 2·C channels), only the first C channels are guided; the variance channels come from
+    the conditional branch. Both branches run as one batch of 2N.
+    """
+    if scale == 0:
+        return lambda x, t: model(x, t, y)
+
+    def guided(x: Tensor, t: Tensor) -> Tensor:
+        n = x.shape[0]
+        labels = torch.cat([y.to(x.device), torch.full_like(y, null_label).to(x.device)])
+        out = model(torch.cat([x, x]), torch.cat([t, t]), labels)
+        cond, uncond = out[:n], out[n:]
+        c = channels if channels is not None else out.shape[1]
+        mean = (1 + scale) * cond[:, :c] - scale * uncond[:, :c]
+        return torch.cat([mean, cond[:, c:]], dim=1) if c < out.shape[1] else mean
+
+    return guided
