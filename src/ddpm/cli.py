@@ -1,0 +1,510 @@
+"""The ``ddpm`` command: a thin layer over the library.
+
+Every failure a user can cause ends in one line on stderr (``ddpm: error: …``) and a non-zero exit; ``--debug``
+shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, NoReturn
+
+EXIT_USAGE = 2
+EXIT_FAILURE = 1
+
+
+class UserError(Exception):
+    """A failure caused by the user's input: reported as one line."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one line instead of usage + message
+        raise UserError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
+# --------------------------------------------------------------------------- train
+def _train_config(args: argparse.Namespace) -> Any:
+    from .config import apply_overrides, config_from_dict, get_preset
+
+    out = Path(args.out) if args.out else None
+    if args.resume:
+        if out is None:
+            raise UserError("--resume needs --out RUN_DIR (the run to continue)")
+        saved = out / "config.json"
+        if not saved.is_file():
+            raise UserError(f"nothing to resume: {saved} does not exist")
+        try:
+            cfg = config_from_dict(json.loads(saved.read_text()))
+        except json.JSONDecodeError as e:
+            raise UserError(f"{saved} is not valid JSON: {e}") from None
+    else:
+        if not args.preset:
+            raise UserError("train needs --preset NAME (or --resume --out RUN_DIR)")
+        cfg = get_preset(args.preset)
+    overrides = list(args.set or [])
+    if args.data_root:
+        overrides.append(f"data.root={args.data_root}")
+    if args.max_steps is not None:
+        overrides.append(f"train.max_steps={args.max_steps}")
+    if args.max_minutes is not None:
+        overrides.append(f"train.max_minutes={args.max_minutes}")
+    return apply_overrides(cfg, overrides)
+
+
+def _dry_run_config(cfg: Any) -> Any:
+    """Resolve what the data would decide from the dataset's defaults, without reading any files."""
+    from .data import dataset_info
+    from .train import build_diffusion
+
+    info = dataset_info(cfg.data.name)
+    size = cfg.data.image_size or info.image_size or cfg.model.image_size
+    c = info.channels or cfg.model.in_channels
+    out_c = build_diffusion(cfg.diffusion).output_channels(c)
+    model = replace(cfg.model, in_channels=c, out_channels=out_c, image_size=size)
+    return replace(cfg, model=model, data=replace(cfg.data, image_size=size))
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .config import config_to_dict
+    from .nn.unet import UNet
+    from .train import Trainer
+
+    cfg = _train_config(args)
+    if args.dry_run:
+        cfg = _dry_run_config(cfg)
+        n = sum(p.numel() for p in UNet(cfg.model).parameters())
+        print(json.dumps(config_to_dict(cfg), indent=2))
+        print(f"parameters: {n:,}")
+        return 0
+    out = (
+        Path(args.out)
+        if args.out
+        else Path("runs") / f"{cfg.preset or 'run'}-{time.strftime('%Y%m%d-%H%M%S')}"
+    )
+    trainer = Trainer(cfg, out, resume=args.resume, progress=not args.no_progress)
+    n = sum(p.numel() for p in trainer.model.parameters())
+    print(
+        f"training {cfg.preset or 'run'} ({n:,} parameters, {trainer.precision}, {trainer.device}) in {out}",
+        file=sys.stderr,
+    )
+    summary = trainer.fit()
+    print(
+        f"stopped at step {summary['step']} ({summary['stop_reason']}); checkpoint: {summary['checkpoint']}"
+    )
+    return 0
+
+
+# --------------------------------------------------------------------------- sample
+def _labels(args: argparse.Namespace, n: int, num_classes: int | None) -> Any:
+    import torch
+
+    if args.class_label is None:
+        return None
+    if num_classes is None:
+        raise UserError("--class needs a class-conditional model (trained with model.num_classes)")
+    if args.class_label == "all":
+        return torch.arange(n) % num_classes
+    try:
+        k = int(args.class_label)
+    except ValueError:
+        raise UserError(f"--class must be an integer or 'all', got {args.class_label!r}") from None
+    if not 0 <= k < num_classes:
+        raise UserError(f"--class {k} is out of range: the model has classes 0..{num_classes - 1}")
+    return torch.full((n,), k, dtype=torch.long)
+
+
+def _load(args: argparse.Namespace) -> Any:
+    from .pipeline import load_model
+
+    src = args.run or args.ckpt
+    if not src:
+        raise UserError("give --run RUN_DIR or --ckpt CHECKPOINT")
+    return load_model(src, ema=not args.no_ema, device=args.device)
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from .pipeline import generate, save_images
+
+    lm = _load(args)
+    labels = _labels(args, args.n, lm.config.model.num_classes)
+    out = Path(args.out) if args.out else (Path(args.run) if args.run else lm.path) / "samples.png"
+    if out.suffix not in ("", ".npz", ".png"):
+        raise UserError(f"--out must end in .npz or .png, or name a directory; got {out}")
+    t0 = time.monotonic()
+    images = generate(
+        lm,
+        args.n,
+        method=args.method,
+        steps=args.steps,
+        eta=args.eta,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        labels=labels,
+        guidance=args.guidance,
+        precision=args.precision,
+        progress=not args.no_progress,
+        **({"spacing": args.spacing} if args.spacing else {}),
+    )
+    dt = time.monotonic() - t0
+    path = save_images(images, out, labels)
+    print(f"wrote {len(images)} samples to {path} in {dt:.1f}s")
+    return 0
+
+
+# --------------------------------------------------------------------------- info
+def cmd_info(args: argparse.Namespace) -> int:
+    from .checkpoint import list_checkpoints, load_checkpoint
+    from .nn.unet import UNet
+    from .viz import loss_stats, read_metrics
+
+    run = Path(args.run)
+    ck = load_checkpoint(run, with_state=False)
+    cfg = ck.config
+    n = sum(p.numel() for p in UNet(cfg.model).parameters())
+    print(f"run:         {run}")
+    print(
+        f"preset:      {cfg.preset or '-'}  ({cfg.source})"
+        if cfg.source
+        else f"preset:      {cfg.preset or '-'}"
+    )
+    print(
+        f"model:       {n:,} parameters, {cfg.model.in_channels}×{cfg.data.image_size}² images, "
+        f"classes: {cfg.model.num_classes or '-'}"
+    )
+    d = cfg.diffusion
+    print(
+        f"diffusion:   {d.schedule} T={d.timesteps}, predicts {d.prediction}, variance {d.variance}, loss {d.loss}"
+    )
+    print(f"data:        {cfg.data.name} ({cfg.data.split})")
+    ckpts = list_checkpoints(run / "checkpoints") if (run / "checkpoints").is_dir() else [ck.path]
+    print(f"checkpoints: {', '.join(p.name for p in ckpts)}")
+    records = read_metrics(run / "metrics.jsonl")
+    for key in ("loss", "val_loss"):
+        s = loss_stats(records, key)
+        if s:
+            print(
+                f"{key + ':':<13}final {s['final']:.5f}, min {s['min']:.5f}, mean {s['mean']:.5f} ({s['n']} points)"
+            )
+    return 0
+
+
+# --------------------------------------------------------------------------- demo
+def cmd_demo(args: argparse.Namespace) -> int:
+    import torch
+
+    from .config import apply_overrides, get_preset
+    from .pipeline import generate, load_model, save_images
+    from .train import Trainer
+    from .viz import forward_strip
+
+    cfg = apply_overrides(get_preset("demo"), args.set or [])
+    out = Path(args.out)
+    if (out / "checkpoints").exists():
+        raise UserError(f"{out} already holds a run; pass another --out or remove it")
+    t0 = time.monotonic()
+    trainer = Trainer(cfg, out, progress=not args.no_progress)
+    n = sum(p.numel() for p in trainer.model.parameters())
+    print(
+        f"demo: training a {n:,}-parameter U-Net on scikit-learn's {len(trainer.train_data)} real 8×8 digits "
+        f"(upscaled to {trainer.config.data.image_size}×{trainer.config.data.image_size}) for at most "
+        f"{cfg.train.max_minutes:g} minutes",
+        file=sys.stderr,
+    )
+    summary = trainer.fit()
+    strip = forward_strip(
+        torch.stack([trainer.train_data.images[i] for i in range(4)]).float() / 127.5 - 1,
+        trainer.diffusion,
+        out / "forward_process.png",
+    )
+    lm = load_model(out)
+    images = generate(lm, 64, seed=0, progress=False)
+    grid = save_images(images, out / "samples.png")
+    save_images(images, out / "samples.npz")
+    dt = time.monotonic() - t0
+    print(
+        f"demo finished in {dt / 60:.1f} min ({summary['step']} steps, final loss "
+        f"{summary['train_loss'].get('final', float('nan')):.4f})"
+    )
+    print(f"  samples:         {grid}")
+    print(f"  forward process: {strip}")
+    print(f"  loss curve:      {out / 'loss_curve.png'}")
+    print(f"  run directory:   {out}  (try: ddpm sample --run {out} --n 16 --out more.png)")
+    return 0
+
+
+# --------------------------------------------------------------------------- fid
+def cmd_fid(args: argparse.Namespace) -> int:
+    from .metrics import fid as fid_lib
+
+    images = _images_for_metrics(args)
+    extractor = fid_lib.InceptionFeatures(
+        device=args.device if args.device != "auto" else "cpu", batch_size=args.inception_batch
+    )
+    fake = fid_lib.compute_stats(images, extractor, keep_features=True)
+    ref = _reference(args, extractor)
+    n = fake.n
+    print(f"images: {n} generated vs {ref.n} reference")
+    if n < 10_000:
+        print(
+            f"note: FID is biased upward below 10,000 images (n={n}); compare only figures made with the same n"
+        )
+    if ref.features is not None and fake.features is not None:
+        k_mean, k_std = fid_lib.kid(fake.features, ref.features)
+        print(f"KID {k_mean:.6f} ± {k_std:.6f}")
+    value = fid_lib.fid_from_stats(fake, ref, warn=False)
+    print(f"FID {value:.4f}")
+    return 0
+
+
+def _images_for_metrics(args: argparse.Namespace) -> Any:
+    from .metrics import fid as fid_lib
+
+    src = Path(args.images)
+    if not src.exists():
+        raise UserError(f"--images {src}: no such file or directory")
+    if src.is_dir() and ((src / "checkpoints").is_dir() or (src / "meta.json").is_file()):
+        from .pipeline import generate, load_model
+
+        lm = load_model(src, device=args.device)
+        n = args.n or 1000
+        print(
+            f"sampling {n} images from {src} ({args.method or lm.config.sample.method}, "
+            f"{args.steps if args.steps != -1 else lm.config.sample.steps} steps)",
+            file=sys.stderr,
+        )
+        return generate(lm, n, method=args.method, steps=args.steps, seed=args.seed, progress=True)
+    return fid_lib.load_images(src, n=args.n)
+
+
+def _reference(args: argparse.Namespace, extractor: Any) -> Any:
+    from .metrics import fid as fid_lib
+
+    ref = args.ref
+    p = Path(ref)
+    if p.suffix == ".npz" and p.is_file() and fid_lib._npz_is_stats(p):
+        return fid_lib.FeatureStats.load(p)
+    return fid_lib.reference_stats(
+        ref, root=args.data_root, split=args.split, n=args.ref_n, extractor=extractor, keep_features=True
+    )
+
+
+def cmd_fid_ref(args: argparse.Namespace) -> int:
+    from .metrics import fid as fid_lib
+
+    extractor = fid_lib.InceptionFeatures(batch_size=args.inception_batch)
+    stats = fid_lib.reference_stats(
+        args.name, root=args.data_root, split=args.split, n=args.n, extractor=extractor
+    )
+    if args.out:
+        stats.save(args.out, features=True)
+        print(f"wrote {args.out} ({stats.n} images)")
+    else:
+        print(f"cached reference statistics for {args.name} ({args.split}, {stats.n} images)")
+    return 0
+
+
+# --------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    from .sampling import METHODS
+
+    p = _Parser(prog="ddpm", description="Denoising Diffusion Probabilistic Models: train, sample, evaluate.")
+    p.add_argument("--version", action="version", version=f"ddpm {_version()}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    t = sub.add_parser("train", help="train a model from a preset")
+    t.add_argument("--preset", help="named configuration (see `ddpm presets`)")
+    t.add_argument("--data-root", help="directory (or .zip) holding the dataset files")
+    t.add_argument("--out", help="run directory (default runs/PRESET-TIME)")
+    t.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. train.lr=1e-4"
+    )
+    t.add_argument("--max-steps", type=int)
+    t.add_argument("--max-minutes", type=float)
+    t.add_argument(
+        "--resume", action="store_true", help="continue the run in --out from its newest checkpoint"
+    )
+    t.add_argument(
+        "--dry-run", action="store_true", help="print the resolved config and parameter count, then exit"
+    )
+    t.add_argument("--no-progress", action="store_true")
+    _add_common(t)
+    t.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("sample", help="generate images from a trained run")
+    _add_model_source(s)
+    s.add_argument("--n", type=int, default=64)
+    s.add_argument("--method", choices=sorted(METHODS))
+    s.add_argument(
+        "--steps", type=_steps, default=-1, help="sampling steps (default: the run's; 'all' for T)"
+    )
+    s.add_argument("--eta", type=float, help="DDIM η (0: deterministic)")
+    s.add_argument("--spacing", help="timestep spacing: linspace, leading, trailing, quadratic, logsnr")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--batch-size", type=int)
+    s.add_argument("--class", dest="class_label", help="class index (or 'all': cycle through the classes)")
+    s.add_argument("--guidance", type=float, help="classifier-free guidance scale w (0: conditional)")
+    s.add_argument("--precision", default="fp32", choices=["auto", "fp32", "bf16", "fp16"])
+    s.add_argument(
+        "--out", help="FILE.npz (uint8 [N,H,W,C] under 'x'), FILE.png (grid) or a directory of PNGs"
+    )
+    s.add_argument("--no-progress", action="store_true")
+    _add_common(s)
+    s.set_defaults(func=cmd_sample)
+
+    d = sub.add_parser("demo", help="train on bundled digits, sample, and draw figures (a few CPU-minutes)")
+    d.add_argument("--out", default="runs/demo")
+    d.add_argument("--set", action="append", metavar="KEY=VALUE")
+    d.add_argument("--no-progress", action="store_true")
+    _add_common(d)
+    d.set_defaults(func=cmd_demo)
+
+    i = sub.add_parser("info", help="describe a run or checkpoint")
+    i.add_argument("run")
+    _add_common(i)
+    i.set_defaults(func=cmd_info)
+
+    pr = sub.add_parser("presets", help="list the training presets")
+    _add_common(pr)
+    pr.set_defaults(func=cmd_presets)
+
+    f = sub.add_parser("fid", help="FID and KID of images against a reference")
+    f.add_argument(
+        "--ref", required=True, help="dataset name, reference STATS.npz, or a folder/.npz/.zip of images"
+    )
+    f.add_argument(
+        "--images", required=True, help="FILE.npz, a folder of images, or a run directory (samples --n)"
+    )
+    f.add_argument("--n", type=int, help="number of images to use (or to sample from a run)")
+    f.add_argument("--ref-n", type=int, help="number of reference images (default: all)")
+    f.add_argument("--data-root", help="where the reference dataset's files are")
+    f.add_argument(
+        "--split", default="test", choices=["train", "test"], help="reference split (default test)"
+    )
+    f.add_argument("--method", choices=sorted(METHODS))
+    f.add_argument("--steps", type=_steps, default=-1)
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--device", default="auto")
+    f.add_argument("--inception-batch", type=int, default=100)
+    _add_common(f)
+    f.set_defaults(func=cmd_fid)
+
+    fr = sub.add_parser("fid-ref", help="compute and cache reference statistics of a dataset")
+    fr.add_argument(
+        "name", help="dataset name (mnist, cifar10, fashion-mnist, digits) or a folder/.zip of images"
+    )
+    fr.add_argument("--data-root")
+    fr.add_argument("--split", default="test", choices=["train", "test"])
+    fr.add_argument("--n", type=int)
+    fr.add_argument("--out", help="also write the statistics (with features, for KID) to this .npz")
+    fr.add_argument("--inception-batch", type=int, default=100)
+    _add_common(fr)
+    fr.set_defaults(func=cmd_fid_ref)
+    return p
+
+
+def cmd_presets(args: argparse.Namespace) -> int:
+    from .config import PRESETS, preset_names
+
+    for name in preset_names():
+        print(f"{name:<24} {PRESETS[name].__doc__ or ''}")
+    return 0
+
+
+def _add_model_source(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--run", help="run directory (its newest checkpoint)")
+    g.add_argument("--ckpt", help="checkpoint directory (or a file in it)")
+    p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
+    p.add_argument("--device", default="auto")
+
+
+def _steps(value: str) -> int | None:
+    if value.lower() in ("all", "none"):
+        return None
+    try:
+        v = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'all', got {value!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'all', got {value!r}")
+    return v
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from .checkpoint import CheckpointError
+    from .config import ConfigError
+    from .data import DataError
+    from .train import TrainingError
+
+    errors: list[type[BaseException]] = [
+        UserError,
+        ConfigError,
+        DataError,
+        CheckpointError,
+        TrainingError,
+        FileNotFoundError,
+        PermissionError,
+        IsADirectoryError,
+        NotADirectoryError,
+    ]
+    try:
+        from .metrics.fid import FIDError  # type: ignore[attr-defined]
+
+        errors.append(FIDError)
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``ddpm`` command; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if not getattr(args, "command", None):
+            parser.print_help(sys.stderr)
+            return EXIT_USAGE
+        if not debug:
+            warnings.simplefilter("default")
+            warnings.formatwarning = lambda m, c, f, l, line=None: f"ddpm: warning: {m}\n"  # noqa: E731
+        func: Callable[[argparse.Namespace], int] = args.func
+        return func(args)
+    except SystemExit as e:  # argparse --help / --version
+        return int(e.code or 0) if isinstance(e.code, int) or e.code is None else EXIT_USAGE
+    except KeyboardInterrupt:
+        print("ddpm: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - the one place that turns errors into one line
+        if debug:
+            raise
+        known = isinstance(e, _user_errors()) or isinstance(e, (ValueError, OSError))
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if not known:
+            msg = f"internal error ({type(e).__name__}: {msg}); rerun with --debug for the traceback"
+        elif isinstance(e, OSError) and not isinstance(e, FileNotFoundError) and e.filename:
+            msg = f"{e.strerror or msg}: {e.filename}"
+        print(f"ddpm: error: {msg}", file=sys.stderr)
+        return EXIT_USAGE if isinstance(e, UserError) else EXIT_FAILURE
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,147 @@
+"""Load a trained run and generate images: what ``ddpm sample``, ``ddpm fid`` and ``ddpm eval`` share."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .checkpoint import CheckpointError, load_checkpoint, load_weights_into
+from .config import Config
+from .data import to_uint8
+from .diffusion import GaussianDiffusion
+from .nn.unet import UNet
+from .sampling import classifier_free_guidance, sample
+from .train import autocast_context, build_diffusion, resolve_device, resolve_precision
+
+__all__ = ["LoadedModel", "load_model", "generate", "save_images"]
+
+
+@dataclass
+class LoadedModel:
+    """A network with its diffusion and config, ready to sample."""
+
+    model: UNet
+    diffusion: GaussianDiffusion
+    config: Config
+    step: int
+    path: Path
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        s = self.config.data.image_size or self.config.model.image_size
+        return (self.config.model.in_channels, s, s)
+
+
+def load_model(path: str | Path, ema: bool = True, device: str = "auto") -> LoadedModel:
+    """The (EMA by default) network of a run directory or checkpoint, in eval mode on ``device``."""
+    ck = load_checkpoint(path, with_state=False)
+    weights = ck.ema if ema and ck.ema is not None else ck.model
+    try:
+        model = UNet(ck.config.model)
+    except ValueError as e:
+        raise CheckpointError(f"{ck.path}: its config does not describe a valid network: {e}") from None
+    load_weights_into(model, weights, f"checkpoint {ck.path}")
+    model = model.to(resolve_device(device)).eval()
+    return LoadedModel(model, build_diffusion(ck.config.diffusion), ck.config, ck.step, ck.path)
+
+
+def _model_fn(lm: LoadedModel, labels: Tensor | None, guidance: float) -> Callable[[Tensor, Tensor], Tensor]:
+    num_classes = lm.config.model.num_classes
+    if num_classes is None:
+        if labels is not None:
+            raise ValueError("this model is not class-conditional: drop --class")
+        return lm.model
+    if labels is None:  # a conditional model sampled without labels: the null label (unconditional)
+        return lambda x, t: lm.model(x, t, torch.full((x.shape[0],), num_classes, device=x.device))
+    c = lm.config.model.in_channels if lm.diffusion.variance == "learned_range" else None
+    return classifier_free_guidance(lm.model, labels, guidance, num_classes, channels=c)
+
+
+def generate(
+    lm: LoadedModel,
+    n: int,
+    method: str | None = None,
+    steps: int | None = -1,
+    eta: float | None = None,
+    seed: int = 0,
+    batch_size: int | None = None,
+    labels: Tensor | None = None,
+    guidance: float | None = None,
+    precision: str = "fp32",
+    progress: bool = False,
+    **kw: object,
+) -> Tensor:
+    """Draw ``n`` images as uint8 [n, C, H, W]; unset options fall back to the run's ``sample`` config.
+
+    Batch b uses a generator seeded by (seed, b), so results do not depend on anything but the arguments.
+    ``labels`` [n] select classes for conditional models (guidance scale ``guidance``, Ho & Salimans 2022).
+    """
+    sc = lm.config.sample
+    method = method or sc.method
+    steps = sc.steps if steps == -1 else steps
+    eta = sc.eta if eta is None else eta
+    guidance = sc.guidance if guidance is None else guidance
+    batch_size = batch_size or sc.batch_size
+    if n < 1:
+        raise ValueError(f"--n must be at least 1, got {n}")
+    device = next(lm.model.parameters()).device
+    precision = resolve_precision(precision, device)
+    out = []
+    iterator = range(math.ceil(n / batch_size))
+    if progress:
+        from tqdm.auto import tqdm
+
+        iterator = tqdm(iterator, desc=f"sampling ({method}, {steps or lm.diffusion.num_timesteps} steps)")
+    for b in iterator:
+        m = min(batch_size, n - b * batch_size)
+        g = torch.Generator(device).manual_seed(seed * 1_000_003 + b)
+        y = labels[b * batch_size : b * batch_size + m].to(device) if labels is not None else None
+        fn = _model_fn(lm, y, guidance)
+        with torch.inference_mode(), autocast_context(precision, device):
+            x = sample(
+                fn,
+                lm.diffusion,
+                (m, *lm.image_shape),
+                method=method,
+                steps=steps,
+                eta=eta if method == "ddim" else 0.0,
+                generator=g,
+                clip_denoised=sc.clip_denoised,
+                **kw,
+            )
+        out.append(to_uint8(x.float().cpu()))
+    return torch.cat(out)
+
+
+def save_images(images: Tensor, out: str | Path, labels: Tensor | None = None) -> Path:
+    """Write uint8 images [N, C, H, W] as ``.npz`` (key ``x``: [N, H, W, C], plus ``y`` if given), a grid ``.png``,
+    or a directory of numbered PNGs."""
+    out = Path(out)
+    if out.suffix == ".npz":
+        out.parent.mkdir(parents=True, exist_ok=True)
+        arrays = {"x": images.permute(0, 2, 3, 1).numpy().astype(np.uint8)}
+        if labels is not None:
+            arrays["y"] = labels.numpy()
+        tmp = out.with_name(out.name + ".tmp.npz")
+        np.savez_compressed(tmp, **arrays)
+        tmp.replace(out)
+        return out
+    if out.suffix == ".png":
+        from .viz import save_grid
+
+        return save_grid(images, out)
+    if out.suffix:
+        raise ValueError(f"--out must end in .npz or .png, or name a directory; got {out}")
+    from PIL import Image
+
+    out.mkdir(parents=True, exist_ok=True)
+    for i, img in enumerate(images):
+        arr = img.permute(1, 2, 0).numpy()
+        Image.fromarray(arr[..., 0] if arr.shape[2] == 1 else arr).save(out / f"{i:06d}.png")
+    return out

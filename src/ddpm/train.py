@@ -1,0 +1,658 @@
+"""Training: AdamW, warm-up, gradient clipping, EMA, mixed precision, accumulation, validation, early stopping,
+atomic checkpoints with exact resume, metrics and sample grids.
+
+>>> cfg = ddpm.config.get_preset("tiny")
+>>> Trainer(cfg, "runs/tiny").fit()  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import math
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from . import data as data_lib
+from .checkpoint import latest_checkpoint, load_checkpoint, load_weights_into, save_checkpoint
+from .config import Config, ConfigError, DiffusionConfig, config_to_dict
+from .diffusion import GaussianDiffusion
+from .nn.unet import UNet
+from .schedule import NoiseSchedule
+
+__all__ = [
+    "EMA",
+    "Trainer",
+    "TrainingError",
+    "build_diffusion",
+    "build_model",
+    "load_datasets",
+    "resolve_config",
+    "autocast_context",
+    "resolve_device",
+    "resolve_precision",
+]
+
+
+class TrainingError(RuntimeError):
+    """A run that cannot go on (e.g. too many non-finite losses); the message is one line for the user."""
+
+
+# --------------------------------------------------------------------------- builders
+def build_diffusion(cfg: DiffusionConfig) -> GaussianDiffusion:
+    """The :class:`GaussianDiffusion` a config describes."""
+    if cfg.schedule == "linear":
+        schedule = NoiseSchedule.linear(cfg.timesteps, cfg.beta_start, cfg.beta_end)
+    else:
+        schedule = NoiseSchedule.cosine(cfg.timesteps, cfg.cosine_s)
+    return GaussianDiffusion(
+        schedule,
+        prediction=cfg.prediction,
+        variance=cfg.variance,
+        loss=cfg.loss,
+        vlb_weight=cfg.vlb_weight,
+        weighting=cfg.weighting,
+        min_snr_gamma=cfg.min_snr_gamma,
+    )
+
+
+def build_model(cfg: Config) -> UNet:
+    return UNet(cfg.model)
+
+
+def load_datasets(cfg: Config) -> tuple[data_lib.ImageData, data_lib.ImageData | None]:
+    """Load the configured dataset and split off the validation set (seeded by ``train.seed``)."""
+    d = cfg.data
+    data = data_lib.load(d.name, root=d.root, split=d.split, image_size=d.image_size, download=d.download)
+    if d.limit is not None:
+        data = data.subset(torch.arange(min(d.limit, len(data))))
+    if d.val_fraction > 0:
+        train, val = data_lib.train_val_split(data, d.val_fraction, cfg.train.seed)
+        return train, val
+    return data, None
+
+
+def resolve_config(cfg: Config, data: data_lib.ImageData) -> Config:
+    """Fill in what the data decides: image size and channels, output channels, and flips."""
+    diffusion = build_diffusion(cfg.diffusion)
+    c = data.channels
+    try:
+        model = replace(
+            cfg.model, in_channels=c, out_channels=diffusion.output_channels(c), image_size=data.image_size
+        )
+    except ValueError as e:
+        raise ConfigError(f"model: {e}") from None
+    if model.num_classes is not None and data.num_classes < 1:
+        raise ConfigError("model.num_classes is set but the dataset has no labels")
+    if model.num_classes is not None and data.num_classes > model.num_classes:
+        raise ConfigError(
+            f"model.num_classes={model.num_classes} but the dataset has {data.num_classes} classes"
+        )
+    flip = cfg.data.flip if cfg.data.flip is not None else data_lib.dataset_info(cfg.data.name).flip
+    return replace(cfg, model=model, data=replace(cfg.data, image_size=data.image_size, flip=flip))
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"train.device: unknown device {name!r}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device=cuda but no CUDA device is available")
+    return dev
+
+
+def _cpu_has_fast_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto`` → bf16 on CUDA with bf16 support and on CPUs with AMX/AVX512-BF16, else fp32."""
+    if precision != "auto":
+        if precision == "fp16" and device.type == "cpu":
+            raise ConfigError("train.precision=fp16 needs a CUDA device; use bf16 on the CPU")
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if device.type == "cpu" and _cpu_has_fast_bf16() else "fp32"
+
+
+def autocast_context(precision: str, device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    """``torch.autocast`` for bf16/fp16, a no-op for fp32."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+# --------------------------------------------------------------------------- EMA
+class EMA:
+    """Exponential moving average of a model's parameters (buffers are copied).
+
+    θ_ema ← d·θ_ema + (1 − d)·θ with d_k = min(decay, (1 + k)/(10 + k)) when ``warmup`` (k = updates so far), so a
+    short run is not stuck at its initial weights; the shadow model is what sampling and evaluation use.
+    """
+
+    def __init__(self, model: nn.Module, decay: float = 0.9999, warmup: bool = True) -> None:
+        self.decay, self.warmup = float(decay), warmup
+        self.model = copy.deepcopy(model).eval()
+        self.model.requires_grad_(False)
+        self.num_updates = 0
+
+    def current_decay(self) -> float:
+        if not self.warmup:
+            return self.decay
+        k = self.num_updates
+        return min(self.decay, (1 + k) / (10 + k))
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        d = self.current_decay()
+        ema_p = [p for p in self.model.parameters()]
+        src_p = [p.detach() for p in model.parameters()]
+        torch._foreach_lerp_(ema_p, src_p, 1.0 - d)
+        for b_ema, b in zip(self.model.buffers(), model.buffers(), strict=True):
+            b_ema.copy_(b)
+        self.num_updates += 1
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return self.model.state_dict()
+
+
+# --------------------------------------------------------------------------- trainer
+def _jsonl(path: Path, record: dict[str, Any]) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+class Trainer:
+    """Train a DDPM as a config describes, in ``run_dir``.
+
+    ``run_dir`` receives ``config.json``, ``metrics.jsonl``, ``checkpoints/step-NNNNNNN/``, ``samples/`` and, at
+    the end, ``loss_curve.png`` and ``loss_stats.md``. With ``resume=True`` training continues from the newest
+    complete checkpoint so that, on the CPU with a fixed seed, the loss trajectory equals an uninterrupted run's.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        run_dir: str | Path,
+        resume: bool = False,
+        data: tuple[data_lib.ImageData, data_lib.ImageData | None] | None = None,
+        progress: bool = True,
+        log: Callable[[str], None] | None = None,
+    ) -> None:
+        self.run_dir = Path(run_dir)
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.log = log or (lambda s: print(s, file=sys.stderr))
+        self.progress = progress
+        tc = config.train
+        if tc.threads:
+            torch.set_num_threads(tc.threads)
+        self.device = resolve_device(tc.device)
+        self.precision = resolve_precision(tc.precision, self.device)
+
+        train_data, val_data = data if data is not None else load_datasets(config)
+        self.config = resolve_config(config, train_data)
+        tc = self.config.train
+        if tc.batch_size % tc.grad_accum:
+            raise ConfigError(
+                f"train.batch_size={tc.batch_size} is not divisible by train.grad_accum={tc.grad_accum}"
+            )
+        self.micro_batch = tc.batch_size // tc.grad_accum
+        self.train_data, self.val_data = train_data, val_data
+
+        torch.manual_seed(tc.seed)
+        self.diffusion = build_diffusion(self.config.diffusion)
+        self.model = build_model(self.config).to(self.device)
+        if tc.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.ema = EMA(self.model, tc.ema_decay, tc.ema_warmup)
+        decay, no_decay = [], []
+        for name, p in self.model.named_parameters():
+            (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
+        fused = self.device.type == "cuda"
+        self.optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": tc.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=tc.lr,
+            betas=(tc.adam_beta1, tc.adam_beta2),
+            eps=tc.adam_eps,
+            **({"fused": True} if fused else {"foreach": True}),
+        )
+        self.batches = data_lib.Batches(
+            self.train_data, self.micro_batch, seed=tc.seed, flip=bool(self.config.data.flip)
+        )
+        self.total_steps = self._total_steps()
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+        self.gen = torch.Generator(self.device).manual_seed(tc.seed + 1)
+        self.step = 0
+        self.best_val = math.inf
+        self.best_step = -1
+        self.bad_validations = 0
+        self.nonfinite_in_a_row = 0
+        self.nonfinite_total = 0
+        self._best_weights: tuple[dict[str, Tensor], dict[str, Tensor]] | None = None
+        self._stop_reason: str | None = None
+        self._compiled: Callable[..., Tensor] | None = None
+
+        if resume:
+            self._resume()
+        else:
+            self._start_fresh()
+
+    # ------------------------------------------------------------------ setup
+    def _total_steps(self) -> int:
+        tc = self.config.train
+        steps = []
+        if tc.max_steps is not None:
+            steps.append(tc.max_steps)
+        if tc.epochs is not None:
+            steps.append(math.ceil(tc.epochs * len(self.batches) / tc.grad_accum))
+        if not steps:
+            if tc.max_minutes is None:
+                raise ConfigError("set train.max_steps, train.epochs or train.max_minutes")
+            return 10**9
+        return max(1, min(steps))
+
+    def _lr_factor(self, step: int) -> float:
+        tc = self.config.train
+        if tc.warmup_steps and step < tc.warmup_steps:
+            return (step + 1) / tc.warmup_steps
+        if tc.lr_schedule == "cosine" and self.total_steps < 10**9:
+            span = max(1, self.total_steps - tc.warmup_steps)
+            progress = min(1.0, (step - tc.warmup_steps) / span)
+            return 0.5 * (1 + math.cos(math.pi * progress))
+        return 1.0
+
+    def _start_fresh(self) -> None:
+        if latest_checkpoint(self.ckpt_dir) is not None:
+            raise ConfigError(
+                f"{self.run_dir} already holds checkpoints: pass --resume to continue it, or use a new --out"
+            )
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "config.json").write_text(json.dumps(config_to_dict(self.config), indent=2))
+        metrics = self.run_dir / "metrics.jsonl"
+        if metrics.exists():
+            metrics.unlink()
+
+    def _resume(self) -> None:
+        path = latest_checkpoint(self.ckpt_dir)
+        if path is None:
+            raise ConfigError(f"nothing to resume: no checkpoint in {self.ckpt_dir}")
+        ck = load_checkpoint(path)
+        load_weights_into(self.model, ck.model, f"checkpoint {path.name}")
+        if ck.ema is not None:
+            load_weights_into(self.ema.model, ck.ema, f"checkpoint {path.name} (EMA)")
+        st = ck.state or {}
+        if "optimizer" in st:
+            self.optimizer.load_state_dict(st["optimizer"])
+        if "scheduler" in st:
+            self.scheduler.load_state_dict(st["scheduler"])
+        if "scaler" in st and st["scaler"]:
+            self.scaler.load_state_dict(st["scaler"])
+        if "generator" in st:
+            self.gen.set_state(st["generator"])
+        if "torch_rng" in st:
+            torch.set_rng_state(st["torch_rng"])
+        if "cuda_rng" in st and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(st["cuda_rng"])
+        if "batches" in st:
+            self.batches.load_state_dict(st["batches"])
+        self.step = int(st.get("step", ck.step))
+        self.ema.num_updates = int(st.get("ema_updates", self.step))
+        self.best_val = float(st.get("best_val", math.inf))
+        self.best_step = int(st.get("best_step", -1))
+        self.bad_validations = int(st.get("bad_validations", 0))
+        self.nonfinite_total = int(st.get("nonfinite_total", 0))
+        # Metrics logged after the checkpoint belong to the abandoned continuation: drop them.
+        metrics = self.run_dir / "metrics.jsonl"
+        if metrics.exists():
+            kept = [
+                ln for ln in metrics.read_text().splitlines() if ln.strip() and _record_step(ln) <= self.step
+            ]
+            metrics.write_text("".join(ln + "\n" for ln in kept))
+        self.log(f"resumed {self.run_dir} at step {self.step} from {path.name}")
+
+    # ------------------------------------------------------------------ state
+    def train_state(self) -> dict[str, Any]:
+        st: dict[str, Any] = {
+            "step": self.step,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
+            "generator": self.gen.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "batches": self.batches.state_dict(),
+            "ema_updates": self.ema.num_updates,
+            "best_val": self.best_val,
+            "best_step": self.best_step,
+            "bad_validations": self.bad_validations,
+            "nonfinite_total": self.nonfinite_total,
+        }
+        if torch.cuda.is_available():
+            st["cuda_rng"] = torch.cuda.get_rng_state_all()
+        return st
+
+    def save(self) -> Path:
+        """Write a checkpoint of the current step (atomically) and prune old ones."""
+        return save_checkpoint(
+            self.ckpt_dir,
+            self.step,
+            self.config,
+            self.model.state_dict(),
+            self.ema.state_dict(),
+            self.train_state(),
+            keep=self.config.train.keep_checkpoints,
+        )
+
+    # ------------------------------------------------------------------ one step
+    def _model_fn(self) -> Callable[..., Tensor]:
+        if self.config.train.compile and self._compiled is None:
+            self._compiled = torch.compile(self.model)
+        return self._compiled or self.model
+
+    def _model_kwargs(self, y: Tensor, drop: Tensor | None = None) -> dict[str, Tensor]:
+        """``{"y": labels}`` for class-conditional models, with the null label where ``drop`` is True
+        (label dropout for classifier-free guidance); ``{}`` otherwise."""
+        num_classes = self.config.model.num_classes
+        if num_classes is None:
+            return {}
+        if drop is not None:
+            y = torch.where(drop, torch.full_like(y, num_classes), y)
+        return {"y": y}
+
+    def train_step(self) -> dict[str, float] | None:
+        """One optimizer step over ``grad_accum`` micro-batches. Returns its metrics, or None if skipped."""
+        tc = self.config.train
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        model = self._model_fn()
+        # t, noise and label dropout are drawn for the whole batch first, then sliced per micro-batch: a step
+        # is the same computation whatever grad_accum is (micro-batches take consecutive data positions too).
+        c, s = self.config.model.in_channels, self.config.data.image_size
+        t_all = self.diffusion.sample_timesteps(tc.batch_size, self.device, self.gen)
+        noise_all = torch.randn((tc.batch_size, c, s, s), generator=self.gen, device=self.device)
+        drop_all = torch.rand((tc.batch_size,), generator=self.gen, device=self.device) < tc.label_dropout
+        total = 0.0
+        for k in range(tc.grad_accum):
+            sl = slice(k * self.micro_batch, (k + 1) * self.micro_batch)
+            x, y = next(self.batches)
+            x = x.to(self.device, non_blocking=True)
+            if tc.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            kwargs = self._model_kwargs(y.to(self.device), drop_all[sl])
+            with autocast_context(self.precision, self.device):
+                terms = self.diffusion.training_losses(
+                    model, x, t_all[sl], noise_all[sl], model_kwargs=kwargs
+                )
+            # Each micro-batch's mean is divided by the number of micro-batches: the gradient equals that of the
+            # mean loss over the whole batch.
+            loss = terms["loss"].mean() / tc.grad_accum
+            self.scaler.scale(loss).backward()
+            total += float(loss.detach())
+        self.scaler.unscale_(self.optimizer)
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        clip = tc.grad_clip if tc.grad_clip is not None else math.inf
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
+        if not (math.isfinite(total) and math.isfinite(grad_norm)):
+            self.nonfinite_in_a_row += 1
+            self.nonfinite_total += 1
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.scaler.is_enabled():
+                self.scaler.update()  # fp16 overflow: the scaler backs off
+            if self.nonfinite_in_a_row > tc.max_nonfinite:
+                self._stop_reason = "nonfinite"
+            return None
+        self.nonfinite_in_a_row = 0
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.ema.update(self.model)
+        self.step += 1
+        return {
+            "loss": total,
+            "grad_norm": grad_norm,
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "images": tc.batch_size,
+        }
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def validation_loss(self, model: nn.Module | None = None) -> float | None:
+        """Mean training loss on the held-out images with fixed t and noise (comparable across steps)."""
+        if self.val_data is None or len(self.val_data) == 0:
+            return None
+        model = model or self.model
+        was_training = model.training
+        model.eval()
+        tc = self.config.train
+        g = torch.Generator(self.device).manual_seed(tc.seed + 12345)
+        n = min(len(self.val_data), tc.val_batches * self.micro_batch)
+        total, count = 0.0, 0
+        for start in range(0, n, self.micro_batch):
+            idx = torch.arange(start, min(n, start + self.micro_batch))
+            x = data_lib.to_float(self.val_data.images[idx]).to(self.device)
+            y = self.val_data.labels[idx].to(self.device)
+            t = self.diffusion.sample_timesteps(x.shape[0], self.device, g)
+            noise = torch.randn(x.shape, generator=g, device=self.device)
+            with autocast_context(self.precision, self.device):
+                terms = self.diffusion.training_losses(model, x, t, noise, model_kwargs=self._model_kwargs(y))
+            total += float(terms["loss"].sum())
+            count += x.shape[0]
+        model.train(was_training)
+        return total / count
+
+    @torch.no_grad()
+    def sample_grid(self, path: Path | None = None) -> Tensor:
+        """Samples from fixed noise with the EMA model (the same x_T every time, so grids are comparable)."""
+        from .sampling import sample
+        from .viz import save_grid
+
+        mc, sc = self.config.model, self.config.sample
+        n = self.config.train.sample_n
+        g = torch.Generator(self.device).manual_seed(self.config.train.seed + 777)
+        noise = torch.randn(
+            (n, mc.in_channels, self.config.data.image_size, self.config.data.image_size),
+            generator=g,
+            device=self.device,
+        )
+        fn = self.sampling_model(self.ema.model)
+        with autocast_context(self.precision, self.device):
+            x = sample(
+                fn,
+                self.diffusion,
+                None,
+                method=sc.method,
+                steps=sc.steps,
+                eta=sc.eta if sc.method == "ddim" else 0.0,
+                generator=g,
+                noise=noise,
+                clip_denoised=sc.clip_denoised,
+            )
+        if path is not None:
+            save_grid(x, path)
+        return x
+
+    def sampling_model(self, model: nn.Module) -> Callable[[Tensor, Tensor], Tensor]:
+        """``model`` as the ``(x_t, t)`` callable samplers take (class-conditional: one class per row)."""
+        num_classes = self.config.model.num_classes
+        if num_classes is None:
+            return model
+
+        def fn(x: Tensor, t: Tensor) -> Tensor:
+            y = torch.arange(x.shape[0], device=x.device) % num_classes
+            return model(x, t, y)
+
+        return fn
+
+    # ------------------------------------------------------------------ loop
+    @contextlib.contextmanager
+    def _signals(self) -> Iterator[None]:
+        """SIGINT/SIGTERM ask the loop to checkpoint and stop at the next step boundary."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def handler(signum: int, frame: Any) -> None:
+            self._stop_reason = signal.Signals(signum).name
+
+        old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+
+    def _validate(self) -> float | None:
+        val = self.validation_loss()
+        if val is None:
+            return None
+        tc = self.config.train
+        if val < self.best_val - tc.early_stopping_min_delta:
+            self.best_val, self.best_step, self.bad_validations = val, self.step, 0
+            if tc.early_stopping_patience is not None:
+                self._best_weights = (
+                    copy.deepcopy(self.model.state_dict()),
+                    copy.deepcopy(self.ema.state_dict()),
+                )
+        else:
+            self.bad_validations += 1
+            if tc.early_stopping_patience is not None and self.bad_validations >= tc.early_stopping_patience:
+                self._stop_reason = "early_stopping"
+        return val
+
+    def fit(self) -> dict[str, Any]:
+        """Train until ``max_steps``/``epochs``, ``max_minutes``, early stopping or a signal; returns a summary."""
+        tc = self.config.train
+        metrics = self.run_dir / "metrics.jsonl"
+        start = time.monotonic()
+        deadline = start + 60 * tc.max_minutes if tc.max_minutes else math.inf
+        steps_per_epoch = max(1, len(self.batches) // tc.grad_accum)
+        bar = None
+        if self.progress:
+            from tqdm.auto import tqdm
+
+            total = self.total_steps if self.total_steps < 10**9 else None
+            bar = tqdm(total=total, initial=self.step, desc="train", dynamic_ncols=True, file=sys.stderr)
+        window_loss, window_n, window_images, window_start = 0.0, 0, 0, time.monotonic()
+        last_saved = self.step if latest_checkpoint(self.ckpt_dir) else -1
+        with self._signals():
+            while self.step < self.total_steps and self._stop_reason is None:
+                if time.monotonic() >= deadline:
+                    self._stop_reason = "max_minutes"
+                    break
+                out = self.train_step()
+                if out is None:
+                    _jsonl(
+                        metrics,
+                        {"step": self.step, "nonfinite": True, "nonfinite_total": self.nonfinite_total},
+                    )
+                    continue
+                window_loss += out["loss"]
+                window_n += 1
+                window_images += out["images"]
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{out['loss']:.4f}", refresh=False)
+                if self.step % tc.log_every == 0 or self.step == self.total_steps:
+                    now = time.monotonic()
+                    rec = {
+                        "step": self.step,
+                        "epoch": self.step / steps_per_epoch,
+                        "loss": window_loss / window_n,
+                        "lr": out["lr"],
+                        "grad_norm": out["grad_norm"],
+                        "img_per_s": window_images / max(now - window_start, 1e-9),
+                        "time_s": now - start,
+                    }
+                    _jsonl(metrics, rec)
+                    window_loss, window_n, window_images, window_start = 0.0, 0, 0, now
+                end_of_epoch = self.step % steps_per_epoch == 0
+                if (tc.val_every and self.step % tc.val_every == 0) or (
+                    end_of_epoch and self.val_data is not None
+                ):
+                    val = self._validate()
+                    if val is not None:
+                        _jsonl(metrics, {"step": self.step, "val_loss": val, "best_val": self.best_val})
+                        if bar is not None:
+                            bar.set_postfix(loss=f"{out['loss']:.4f}", val=f"{val:.4f}", refresh=False)
+                if tc.sample_every and self.step % tc.sample_every == 0:
+                    self.sample_grid(self.run_dir / "samples" / f"step-{self.step:07d}.png")
+                if tc.checkpoint_every and self.step % tc.checkpoint_every == 0:
+                    self.save()
+                    last_saved = self.step
+        if bar is not None:
+            bar.close()
+        if self._stop_reason == "nonfinite":
+            self._finish(last_saved)
+            raise TrainingError(
+                f"stopped: {self.nonfinite_in_a_row} non-finite losses or gradients in a row at step {self.step} "
+                f"(lower train.lr or use train.precision=fp32); the last good state is checkpointed"
+            )
+        if self._stop_reason == "early_stopping" and self._best_weights is not None:
+            self.model.load_state_dict(self._best_weights[0])
+            self.ema.model.load_state_dict(self._best_weights[1])
+            self.log(
+                f"early stopping at step {self.step}: restored the best weights (step {self.best_step}, "
+                f"val loss {self.best_val:.5f})"
+            )
+        return self._finish(last_saved)
+
+    def _finish(self, last_saved: int) -> dict[str, Any]:
+        ckpt = self.save() if last_saved != self.step or self._stop_reason == "early_stopping" else None
+        from .viz import loss_stats, loss_stats_markdown, plot_losses, read_metrics
+
+        records = read_metrics(self.run_dir / "metrics.jsonl")
+        if any("loss" in r for r in records):
+            plot_losses(
+                records, self.run_dir / "loss_curve.png", title=f"{self.config.preset or 'ddpm'} loss"
+            )
+            (self.run_dir / "loss_stats.md").write_text(loss_stats_markdown(records))
+        summary = {
+            "step": self.step,
+            "stop_reason": self._stop_reason or "completed",
+            "checkpoint": str(ckpt or latest_checkpoint(self.ckpt_dir)),
+            "best_val": self.best_val if math.isfinite(self.best_val) else None,
+            "best_step": self.best_step,
+            "nonfinite_total": self.nonfinite_total,
+            "train_loss": loss_stats(records, "loss"),
+        }
+        _jsonl(
+            self.run_dir / "metrics.jsonl",
+            {"step": self.step, "event": "end", **{k: v for k, v in summary.items() if k != "train_loss"}},
+        )
+        return summary
+
+
+def _record_step(line: str) -> int:
+    try:
+        return int(json.loads(line).get("step", 0))
+    except (json.JSONDecodeError, AttributeError, TypeError, ValueError):
+        return 0
+
+
+def _env_int(name: str, default: int) -> int:
+    try:
+        return int(os.environ.get(name, default))
+    except ValueError:
+        return default

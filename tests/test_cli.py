@@ -1,0 +1,210 @@
+"""The `ddpm` command: end to end on tiny data, and every user error ends in one line and a non-zero exit."""
+
+import json
+import zipfile
+
+import numpy as np
+import pytest
+
+from ddpm.cli import main
+
+
+def run(capsys, *argv):
+    code = main([*argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny run trained through the CLI (shared by the tests below)."""
+    out = tmp_path_factory.mktemp("cli") / "run"
+    code = main(
+        [
+            "train",
+            "--preset",
+            "tiny",
+            "--out",
+            str(out),
+            "--max-steps",
+            "6",
+            "--no-progress",
+            "--set",
+            "train.checkpoint_every=3",
+            "--set",
+            "data.limit=300",
+        ]
+    )
+    assert code == 0
+    return out
+
+
+def test_train_resume_sample_info(trained, capsys, tmp_path):
+    code, out, err = run(
+        capsys, "train", "--out", str(trained), "--resume", "--max-steps", "9", "--no-progress"
+    )
+    assert code == 0 and "step 9" in out
+    code, out, _ = run(
+        capsys,
+        "sample",
+        "--run",
+        str(trained),
+        "--n",
+        "5",
+        "--steps",
+        "4",
+        "--out",
+        str(tmp_path / "s.npz"),
+        "--no-progress",
+    )
+    assert code == 0
+    x = np.load(tmp_path / "s.npz")["x"]
+    assert x.shape == (5, 16, 16, 1) and x.dtype == np.uint8
+    for method in ("ddpm", "ddim"):
+        code, _, _ = run(
+            capsys,
+            "sample",
+            "--run",
+            str(trained),
+            "--n",
+            "3",
+            "--method",
+            method,
+            "--steps",
+            "3",
+            "--out",
+            str(tmp_path / f"{method}.png"),
+            "--no-progress",
+        )
+        assert code == 0 and (tmp_path / f"{method}.png").stat().st_size > 0
+    code, _, _ = run(
+        capsys,
+        "sample",
+        "--run",
+        str(trained),
+        "--n",
+        "2",
+        "--steps",
+        "2",
+        "--out",
+        str(tmp_path / "pngs"),
+        "--no-progress",
+    )
+    assert code == 0 and len(list((tmp_path / "pngs").glob("*.png"))) == 2
+    code, out, _ = run(capsys, "info", str(trained))
+    assert code == 0 and "44,969" in out or "parameters" in out
+
+
+def test_dry_run_prints_config_and_parameter_count(capsys):
+    code, out, _ = run(capsys, "train", "--preset", "cifar10-ddpm", "--dry-run")
+    assert code == 0
+    assert out.strip().splitlines()[-1] == "parameters: 35,746,307"
+    cfg = json.loads(out[: out.rindex("}") + 1])
+    assert cfg["diffusion"]["schedule"] == "linear" and cfg["train"]["batch_size"] == 128
+
+
+def test_sampling_is_reproducible(trained, capsys, tmp_path):
+    for name in ("a", "b"):
+        assert (
+            run(
+                capsys,
+                "sample",
+                "--run",
+                str(trained),
+                "--n",
+                "3",
+                "--steps",
+                "3",
+                "--seed",
+                "4",
+                "--out",
+                str(tmp_path / f"{name}.npz"),
+                "--no-progress",
+            )[0]
+            == 0
+        )
+    assert np.array_equal(np.load(tmp_path / "a.npz")["x"], np.load(tmp_path / "b.npz")["x"])
+
+
+@pytest.fixture
+def corrupt_ckpt(trained, tmp_path):
+    import shutil
+
+    dst = tmp_path / "broken"
+    shutil.copytree(trained, dst)
+    for ck in (dst / "checkpoints").iterdir():
+        (ck / "ema.safetensors").write_bytes(b"\x00" * 10)
+    return dst
+
+
+ERROR_CASES = {
+    "unknown preset": ["train", "--preset", "nope"],
+    "unknown key": ["train", "--preset", "tiny", "--set", "train.lrr=1"],
+    "unknown section": ["train", "--preset", "tiny", "--set", "optim.lr=1"],
+    "bad value": ["train", "--preset", "tiny", "--set", "train.lr=fast"],
+    "bad literal": ["train", "--preset", "tiny", "--set", "diffusion.schedule=sigmoid"],
+    "bad model value": ["train", "--preset", "tiny", "--set", "model.norm_groups=3"],
+    "malformed set": ["train", "--preset", "tiny", "--set", "train.lr"],
+    "no preset": ["train"],
+    "resume nothing": ["train", "--preset", "tiny", "--resume", "--out", "/nonexistent/run"],
+    "missing data": [
+        "train",
+        "--preset",
+        "mnist",
+        "--data-root",
+        "/nonexistent/mnist",
+        "--out",
+        "/tmp/never",
+    ],
+    "sample no run": ["sample", "--run", "/nonexistent/run"],
+    "sample no source": ["sample"],
+    "bad steps": ["sample", "--run", "x", "--steps", "0"],
+    "unknown command": ["frobnicate"],
+    "bad option": ["train", "--preset", "tiny", "--bogus"],
+    "info missing": ["info", "/nonexistent"],
+}
+
+
+@pytest.mark.parametrize("case", sorted(ERROR_CASES))
+def test_user_errors_are_one_line(case, capsys, tmp_path):
+    code, out, err = run(capsys, *ERROR_CASES[case])
+    assert code != 0
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("ddpm"), err
+    assert "Traceback" not in err
+    assert not (tmp_path / "never").exists()
+
+
+def test_run_dependent_errors(trained, corrupt_ckpt, capsys, tmp_path):
+    cases = [
+        ["sample", "--run", str(trained), "--class", "3"],  # not class-conditional
+        ["sample", "--run", str(trained), "--n", "0", "--out", str(tmp_path / "z.npz")],
+        ["sample", "--run", str(trained), "--out", str(tmp_path / "x.jpg")],
+        ["sample", "--run", str(corrupt_ckpt), "--n", "1"],
+        ["train", "--preset", "tiny", "--out", str(trained)],  # would overwrite a run
+    ]
+    for argv in cases:
+        code, _, err = run(capsys, *argv, *(["--no-progress"] if argv[0] in ("sample", "train") else []))
+        lines = [ln for ln in err.splitlines() if ln.strip()]
+        assert code != 0 and len(lines) == 1 and "Traceback" not in err, (argv, err)
+
+
+def test_corrupt_dataset_zip_is_one_line(capsys, tmp_path):
+    bad = tmp_path / "bad.zip"
+    with zipfile.ZipFile(bad, "w") as zf:
+        zf.writestr("train/a/0.png", b"not a png")
+    code, _, err = run(
+        capsys,
+        "train",
+        "--preset",
+        "tiny",
+        "--set",
+        "data.name=folder",
+        "--data-root",
+        str(bad),
+        "--out",
+        str(tmp_path / "never"),
+        "--no-progress",
+    )
+    assert code != 0 and len([ln for ln in err.splitlines() if ln.startswith("ddpm: error")]) == 1
+    assert not (tmp_path / "never").exists()

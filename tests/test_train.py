@@ -1,0 +1,144 @@
+"""Trainer: EMA arithmetic, accumulation = one large batch, exact resume, early stopping, checkpoints."""
+
+import json
+from dataclasses import replace
+
+import pytest
+import torch
+from torch import nn
+
+from ddpm.checkpoint import list_checkpoints, load_checkpoint
+from ddpm.config import apply_overrides, get_preset
+from ddpm.train import EMA, Trainer
+
+
+def tiny(*overrides):
+    return apply_overrides(get_preset("tiny"), ["data.limit=400", "train.log_every=1", *overrides])
+
+
+def test_ema_arithmetic():
+    m = nn.Linear(2, 1, bias=False)
+    with torch.no_grad():
+        m.weight.fill_(1.0)
+    ema = EMA(m, decay=0.99, warmup=True)
+    with torch.no_grad():
+        m.weight.fill_(3.0)
+    ema.update(m)  # d_0 = min(0.99, 1/10) = 0.1
+    assert torch.allclose(ema.model.weight, torch.full((1, 2), 0.1 * 1 + 0.9 * 3))
+    with torch.no_grad():
+        m.weight.fill_(5.0)
+    ema.update(m)  # d_1 = 2/11
+    expected = 2 / 11 * (0.1 + 2.7) + 9 / 11 * 5
+    assert torch.allclose(ema.model.weight, torch.full((1, 2), expected))
+    plain = EMA(nn.Linear(2, 1, bias=False), decay=0.9, warmup=False)
+    with torch.no_grad():
+        plain.model.weight.fill_(0.0)
+        m.weight.fill_(1.0)
+    plain.update(m)
+    assert torch.allclose(plain.model.weight, torch.full((1, 2), 0.1))
+
+
+def test_accumulation_equals_one_large_batch(tmp_path):
+    cfg = tiny(
+        "train.max_steps=2", "train.batch_size=8", "train.grad_clip=none", "train.checkpoint_every=none"
+    )
+    a = Trainer(cfg, tmp_path / "a", progress=False)
+    b = Trainer(apply_overrides(cfg, ["train.grad_accum=4"]), tmp_path / "b", progress=False)
+    assert b.micro_batch == 2
+    for _ in range(2):
+        la, lb = a.train_step(), b.train_step()
+        assert la["loss"] == pytest.approx(lb["loss"], rel=1e-5)
+    for pa, pb in zip(a.model.parameters(), b.model.parameters(), strict=True):
+        assert torch.allclose(pa, pb, atol=1e-6)
+
+
+def _losses(run):
+    return {
+        r["step"]: r["loss"]
+        for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+        if "loss" in r
+    }
+
+
+def test_resume_reproduces_the_uninterrupted_trajectory(tmp_path):
+    cfg = tiny("train.max_steps=16", "train.checkpoint_every=8", "model.dropout=0.1", "train.val_every=4")
+    full = Trainer(cfg, tmp_path / "full", progress=False).fit()
+    assert full["step"] == 16
+    first = Trainer(apply_overrides(cfg, ["train.max_steps=8"]), tmp_path / "cut", progress=False).fit()
+    assert first["step"] == 8
+    resumed = Trainer(cfg, tmp_path / "cut", resume=True, progress=False)
+    assert resumed.step == 8
+    resumed.fit()
+    a, b = _losses(tmp_path / "full"), _losses(tmp_path / "cut")
+    assert sorted(a) == sorted(b) == list(range(1, 17))
+    assert all(a[k] == b[k] for k in a), [(k, a[k], b[k]) for k in a if a[k] != b[k]]
+    wa = load_checkpoint(tmp_path / "full").ema
+    wb = load_checkpoint(tmp_path / "cut").ema
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_checkpoints_are_complete_and_pruned(tmp_path):
+    cfg = tiny("train.max_steps=12", "train.checkpoint_every=3", "train.keep_checkpoints=2")
+    Trainer(cfg, tmp_path / "run", progress=False).fit()
+    ckpts = list_checkpoints(tmp_path / "run" / "checkpoints")
+    assert [p.name for p in ckpts] == ["step-0000009", "step-0000012"]
+    for p in ckpts:
+        assert {f.name for f in p.iterdir()} == {
+            "model.safetensors",
+            "ema.safetensors",
+            "state.pt",
+            "config.json",
+            "meta.json",
+        }
+    assert not [p for p in (tmp_path / "run" / "checkpoints").iterdir() if p.name.startswith(".")]
+    ck = load_checkpoint(tmp_path / "run")
+    assert ck.step == 12 and ck.state["step"] == 12 and ck.config.preset == "tiny"
+    for name in ("config.json", "metrics.jsonl", "loss_curve.png", "loss_stats.md"):
+        assert (tmp_path / "run" / name).is_file()
+
+
+def test_fresh_run_refuses_to_overwrite(tmp_path):
+    cfg = tiny("train.max_steps=2", "train.checkpoint_every=2")
+    Trainer(cfg, tmp_path / "run", progress=False).fit()
+    with pytest.raises(ValueError, match="--resume"):
+        Trainer(cfg, tmp_path / "run", progress=False)
+
+
+def test_early_stopping_restores_best_weights(tmp_path):
+    # A learning rate this high makes the validation loss worse after the first validation.
+    cfg = tiny(
+        "train.max_steps=40",
+        "train.val_every=2",
+        "train.early_stopping_patience=2",
+        "train.lr=0.5",
+        "train.grad_clip=none",
+        "train.checkpoint_every=none",
+    )
+    tr = Trainer(cfg, tmp_path / "run", progress=False)
+    summary = tr.fit()
+    assert summary["stop_reason"] == "early_stopping"
+    assert tr.validation_loss() == pytest.approx(summary["best_val"], rel=1e-5)
+
+
+def test_nonfinite_steps_are_skipped_then_stop(tmp_path):
+    cfg = tiny("train.max_steps=10", "train.max_nonfinite=2", "train.checkpoint_every=none")
+    tr = Trainer(cfg, tmp_path / "run", progress=False)
+    with torch.no_grad():
+        next(tr.model.parameters()).fill_(float("nan"))
+    with pytest.raises(RuntimeError, match="non-finite"):
+        tr.fit()
+    assert tr.step == 0 and tr.nonfinite_total == 3
+    assert list_checkpoints(tmp_path / "run" / "checkpoints")  # the last good state is saved
+
+
+def test_class_conditional_training_and_label_dropout(tmp_path):
+    cfg = tiny(
+        "model.num_classes=10", "train.max_steps=3", "train.label_dropout=1.0", "train.checkpoint_every=none"
+    )
+    tr = Trainer(cfg, tmp_path / "run", progress=False)
+    seen = []
+    forward = tr.model.forward
+    tr.model.forward = lambda x, t, y=None: (seen.append(y.clone()), forward(x, t, y))[1]
+    tr.train_step()
+    assert torch.all(seen[0] == 10)  # every label replaced by the null label
+    assert replace(cfg.train, label_dropout=0.0).label_dropout == 0.0
