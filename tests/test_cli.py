@@ -208,3 +208,34 @@ def test_corrupt_dataset_zip_is_one_line(capsys, tmp_path):
     )
     assert code != 0 and len([ln for ln in err.splitlines() if ln.startswith("ddpm: error")]) == 1
     assert not (tmp_path / "never").exists()
+
+
+def test_figures_nll_eval_and_study(trained, capsys, tmp_path):
+    from PIL import Image
+
+    for what in ("schedules", "forward", "denoise", "gif", "grid", "real-vs-generated", "losses"):
+        out = tmp_path / f"{what}.{'gif' if what == 'gif' else 'png'}"
+        code, _, err = run(
+            capsys, "viz", what, "--run", str(trained), "--out", str(out), "--n", "3", "--steps", "3"
+        )
+        assert code == 0, (what, err)
+        with Image.open(out) as im:
+            assert im.size[0] > 16 and im.size[1] > 16
+    code, out, _ = run(capsys, "nll", "--run", str(trained), "--n", "4", "--no-progress")
+    assert code == 0 and "bits/dim" in out
+    code, out, _ = run(capsys, "eval", str(trained), "--n", "4", "--steps", "2", "--no-fid", "--no-progress")
+    assert code == 0 and "samples" in out
+    code, out, _ = run(
+        capsys,
+        "study",
+        str(trained),
+        "--n",
+        "2",
+        "--steps",
+        "2",
+        "--no-fid",
+        "--out",
+        str(tmp_path / "study"),
+    )
+    assert code == 0 and (tmp_path / "study" / "study.md").is_file()
+    assert len((tmp_path / "study" / "study.csv").read_text().splitlines()) >= 3  # header + ≥ 2 checkpoints

@@ -314,6 +314,202 @@ def cmd_fid_ref(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- eval / study / nll
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .metrics.evaluate import evaluate_model
+    from .pipeline import load_model
+
+    lm = load_model(args.run, ema=not args.no_ema, device=args.device)
+    r = evaluate_model(
+        lm,
+        args.n,
+        method=args.method,
+        steps=args.steps,
+        seed=args.seed,
+        ref=args.ref,
+        ref_split=args.split,
+        data_root=args.data_root,
+        classifier=args.classifier,
+        fid=not args.no_fid,
+        progress=not args.no_progress,
+    )
+    run = Path(args.run)
+    if (run / "metrics.jsonl").is_file():
+        with open(run / "metrics.jsonl", "a") as f:
+            f.write(json.dumps({"event": "eval", **r}) + "\n")
+    print(f"step {r['step']}: {r['n']} samples in {r['sample_seconds']} s")
+    if "mean_confidence" in r:
+        print(
+            f"classifier: mean confidence {r['mean_confidence']:.4f}, confident (>0.9) "
+            f"{r['confident_fraction']:.3f}, class entropy {r['entropy_normalized']:.4f} of max, "
+            f"KL from uniform {r['kl_uniform']:.4f} nats"
+        )
+        print(f"predicted classes: {r['histogram']}")
+    else:
+        print(f"classifier: {r['classifier']}")
+    if "kid" in r:
+        print(f"KID {r['kid']:.6f} ± {r['kid_std']:.6f}")
+    if "fid" in r:
+        if r["n"] < 10_000:
+            print(f"note: FID is biased upward below 10,000 images (n={r['n']})")
+        print(f"FID {r['fid']:.4f}  (vs {r['fid_reference']})")
+    return 0
+
+
+def cmd_study(args: argparse.Namespace) -> int:
+    from .metrics.evaluate import STUDY_KEYS, progressive_study
+    from .viz import markdown_table
+
+    try:
+        at = [int(v) for v in args.checkpoints.split(",")] if args.checkpoints else None
+    except ValueError:
+        raise UserError(f"--checkpoints must be comma-separated steps, got {args.checkpoints!r}") from None
+    rows = progressive_study(
+        args.run,
+        steps=at,
+        every=args.every,
+        n=args.n,
+        out_dir=args.out,
+        method=args.method,
+        sample_steps=args.steps,
+        seed=args.seed,
+        data_root=args.data_root,
+        classifier=args.classifier,
+        fid=not args.no_fid,
+    )
+    print(markdown_table(rows, [k for k in STUDY_KEYS if any(k in r for r in rows)]))
+    print(f"wrote study.md, study.csv and study.png to {args.out or args.run}")
+    return 0
+
+
+def cmd_nll(args: argparse.Namespace) -> int:
+    import torch
+
+    from .data import load
+    from .metrics.nll import nll_bpd
+    from .pipeline import load_model
+
+    lm = load_model(args.run, ema=not args.no_ema, device=args.device)
+    d = lm.config.data
+    data = load(args.data or d.name, root=args.data_root or d.root, split=args.split, image_size=d.image_size)
+    g = torch.Generator().manual_seed(args.seed)
+    idx = torch.randperm(len(data), generator=g)[: args.n]
+    labels = data.labels[idx] if lm.config.model.num_classes is not None else None
+    r = nll_bpd(
+        lm.model,
+        lm.diffusion,
+        data.images[idx],
+        batch_size=args.batch_size,
+        seed=args.seed,
+        labels=labels,
+        progress=not args.no_progress,
+    )
+    print(
+        f"{r['n']} {args.split} images: L_T {r['prior_bpd']:.4f} + Σ L_t {r['terms_bpd']:.4f} + "
+        f"L_0 {r['decoder_bpd']:.4f}"
+    )
+    print(f"NLL ≤ {r['bpd']:.4f} ± {r['stderr']:.4f} bits/dim")
+    return 0
+
+
+# --------------------------------------------------------------------------- viz
+def cmd_viz(args: argparse.Namespace) -> int:
+    import torch
+
+    from . import viz
+    from .schedule import NoiseSchedule
+
+    out = Path(args.out)
+    what = args.what
+    if what == "schedules":
+        viz.plot_alpha_bar({"linear": NoiseSchedule.linear(1000), "cosine": NoiseSchedule.cosine(1000)}, out)
+    elif what == "losses":
+        records = viz.read_metrics(Path(args.run or "") / "metrics.jsonl")
+        if not records:
+            raise UserError(f"no metrics.jsonl in {args.run}")
+        viz.plot_losses(records, out)
+    elif what == "forward":
+        from .data import load, to_float
+        from .train import build_diffusion
+
+        if args.run:
+            from .pipeline import load_model
+
+            cfg = load_model(args.run).config
+            data = load(cfg.data.name, root=cfg.data.root, split="test", image_size=cfg.data.image_size)
+            diffusion = build_diffusion(cfg.diffusion)
+        else:
+            from .config import DiffusionConfig
+
+            data = load(args.data or "digits", root=args.data_root, split="test")
+            diffusion = build_diffusion(DiffusionConfig(schedule=args.schedule))
+        viz.forward_strip(to_float(data.images[: args.n]), diffusion, out)
+    else:
+        from .pipeline import generate, load_model, model_fn
+
+        if not args.run:
+            raise UserError(f"viz {what} needs --run RUN_DIR")
+        lm = load_model(args.run)
+        if what in ("denoise", "gif"):
+            ts = (
+                viz.DENOISING_TIMESTEPS
+                if what == "denoise"
+                else tuple(range(lm.diffusion.num_timesteps - 1, -1, -25))
+            )
+            ts = tuple(t for t in ts if t < lm.diffusion.num_timesteps)
+            method = args.method or "ddpm"
+            steps = args.steps if args.steps != -1 else (None if method == "ddpm" else lm.config.sample.steps)
+            g = torch.Generator().manual_seed(args.seed)
+            from .sampling import sample
+
+            x, frames = sample(
+                model_fn(lm),
+                lm.diffusion,
+                (args.n, *lm.image_shape),
+                method=method,
+                steps=steps,
+                generator=g,
+                intermediates=ts,
+            )
+            if what == "denoise":
+                viz.denoising_strip(frames, x, out, ts)
+            else:
+                viz.denoising_gif(frames, out)
+        elif what == "grid":
+            viz.save_grid(generate(lm, args.n, method=args.method, steps=args.steps, seed=args.seed), out)
+        elif what == "real-vs-generated":
+            from .data import load
+
+            d = lm.config.data
+            real = load(d.name, root=args.data_root or d.root, split="test", image_size=d.image_size)
+            fake = generate(lm, args.n, method=args.method, steps=args.steps, seed=args.seed)
+            viz.real_vs_generated(real.images[: args.n], fake, out, n=args.n)
+        elif what == "classes":
+            k = lm.config.model.num_classes
+            if k is None:
+                raise UserError("viz classes needs a class-conditional model")
+            per = max(1, args.n // k)
+            labels = torch.arange(k).repeat_interleave(per)
+            x = generate(
+                lm,
+                len(labels),
+                method=args.method,
+                steps=args.steps,
+                seed=args.seed,
+                labels=labels,
+                guidance=args.guidance,
+            )
+            viz.class_grid(x, k, out)
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_classifier(args: argparse.Namespace) -> int:
+    from .metrics.classifier import _main
+
+    return _main(args.rest)
+
+
 # --------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     from .sampling import METHODS
@@ -410,6 +606,67 @@ def build_parser() -> argparse.ArgumentParser:
     fr.add_argument("--inception-batch", type=int, default=100)
     _add_common(fr)
     fr.set_defaults(func=cmd_fid_ref)
+
+    e = sub.add_parser("eval", help="FID/KID and classifier confidence/class histogram of a run's samples")
+    e.add_argument("run")
+    _add_eval_options(e)
+    e.add_argument(
+        "--ref", help="reference: dataset name, stats .npz or image folder (default: the run's dataset)"
+    )
+    e.add_argument("--no-ema", action="store_true")
+    e.add_argument("--device", default="auto")
+    e.add_argument("--no-progress", action="store_true")
+    _add_common(e)
+    e.set_defaults(func=cmd_eval)
+
+    st = sub.add_parser(
+        "study", help="evaluate a run's checkpoints: table + plot (the seed report's Table 4)"
+    )
+    st.add_argument("run")
+    st.add_argument("--every", type=int, help="checkpoints whose step is a multiple of this")
+    st.add_argument("--checkpoints", help="comma-separated checkpoint steps (default: all, or --every)")
+    st.add_argument("--out", help="output directory (default: the run)")
+    _add_eval_options(st)
+    _add_common(st)
+    st.set_defaults(func=cmd_study)
+
+    nl = sub.add_parser("nll", help="negative log-likelihood bound in bits/dim on a test split")
+    _add_model_source(nl)
+    nl.add_argument("--data", help="dataset (default: the run's)")
+    nl.add_argument("--data-root")
+    nl.add_argument("--split", default="test", choices=["train", "test"])
+    nl.add_argument("--n", type=int, default=100)
+    nl.add_argument("--batch-size", type=int, default=50)
+    nl.add_argument("--seed", type=int, default=0)
+    nl.add_argument("--no-progress", action="store_true")
+    _add_common(nl)
+    nl.set_defaults(func=_nll_entry)
+
+    v = sub.add_parser(
+        "viz", help="figures: forward, denoise, gif, grid, real-vs-generated, classes, schedules, losses"
+    )
+    v.add_argument(
+        "what",
+        choices=["forward", "denoise", "gif", "grid", "real-vs-generated", "classes", "schedules", "losses"],
+    )
+    v.add_argument("--run")
+    v.add_argument("--out", required=True, help="PNG (GIF for 'gif') to write")
+    v.add_argument("--n", type=int, default=8)
+    v.add_argument("--data", help="dataset for 'forward' without --run (default: digits)")
+    v.add_argument("--data-root")
+    v.add_argument("--schedule", default="linear", choices=["linear", "cosine"])
+    v.add_argument("--method", choices=sorted(METHODS))
+    v.add_argument("--steps", type=_steps, default=-1)
+    v.add_argument("--guidance", type=float)
+    v.add_argument("--seed", type=int, default=0)
+    _add_common(v)
+    v.set_defaults(func=cmd_viz)
+
+    c = sub.add_parser(
+        "classifier", help="train or apply the evaluation classifier (train|report ...)", add_help=False
+    )
+    c.add_argument("rest", nargs=argparse.REMAINDER)
+    c.set_defaults(func=cmd_classifier)
     return p
 
 
@@ -419,6 +676,26 @@ def cmd_presets(args: argparse.Namespace) -> int:
     for name in preset_names():
         print(f"{name:<24} {PRESETS[name].__doc__ or ''}")
     return 0
+
+
+def _nll_entry(args: argparse.Namespace) -> int:
+    args.run = args.run or args.ckpt
+    if not args.run:
+        raise UserError("give --run RUN_DIR or --ckpt CHECKPOINT")
+    return cmd_nll(args)
+
+
+def _add_eval_options(p: argparse.ArgumentParser) -> None:
+    from .sampling import METHODS
+
+    p.add_argument("--n", type=int, default=1000, help="samples per evaluation")
+    p.add_argument("--method", choices=sorted(METHODS))
+    p.add_argument("--steps", type=_steps, default=-1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--split", default="test", choices=["train", "test"], help="reference split for FID")
+    p.add_argument("--data-root")
+    p.add_argument("--classifier", help="classifier directory (default: the cached one for the dataset)")
+    p.add_argument("--no-fid", action="store_true")
 
 
 def _add_model_source(p: argparse.ArgumentParser) -> None:

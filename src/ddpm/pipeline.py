@@ -19,7 +19,7 @@ from .nn.unet import UNet
 from .sampling import classifier_free_guidance, sample
 from .train import autocast_context, build_diffusion, resolve_device, resolve_precision
 
-__all__ = ["LoadedModel", "load_model", "generate", "save_images"]
+__all__ = ["LoadedModel", "load_model", "model_fn", "generate", "save_images"]
 
 
 @dataclass
@@ -51,7 +51,11 @@ def load_model(path: str | Path, ema: bool = True, device: str = "auto") -> Load
     return LoadedModel(model, build_diffusion(ck.config.diffusion), ck.config, ck.step, ck.path)
 
 
-def _model_fn(lm: LoadedModel, labels: Tensor | None, guidance: float) -> Callable[[Tensor, Tensor], Tensor]:
+def model_fn(
+    lm: LoadedModel, labels: Tensor | None = None, guidance: float = 0.0
+) -> Callable[[Tensor, Tensor], Tensor]:
+    """The run's network as the ``(x_t, t)`` callable samplers take: unconditional, the null label, or
+    classifier-free guidance towards ``labels`` [N] with scale ``guidance``."""
     num_classes = lm.config.model.num_classes
     if num_classes is None:
         if labels is not None:
@@ -102,7 +106,7 @@ def generate(
         m = min(batch_size, n - b * batch_size)
         g = torch.Generator(device).manual_seed(seed * 1_000_003 + b)
         y = labels[b * batch_size : b * batch_size + m].to(device) if labels is not None else None
-        fn = _model_fn(lm, y, guidance)
+        fn = model_fn(lm, y, guidance)
         with torch.inference_mode(), autocast_context(precision, device):
             x = sample(
                 fn,

@@ -1,0 +1,145 @@
+"""The seed report's evaluation protocol for a trained run: FID/KID against the real images, a classifier's
+confidence and class distribution over the generated images, and the same measures across checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..checkpoint import list_checkpoints
+from ..pipeline import LoadedModel, generate, load_model
+
+__all__ = ["evaluate_model", "progressive_study", "STUDY_KEYS"]
+
+STUDY_KEYS = ("step", "val_loss", "fid", "kid", "mean_confidence", "entropy_normalized", "kl_uniform")
+
+
+def _classifier_for(lm: LoadedModel, classifier: str | Path | None) -> Any:
+    from .classifier import ClassifierError, load_classifier, load_default_classifier
+
+    if classifier:
+        return load_classifier(classifier)
+    name = lm.config.data.name
+    try:
+        return load_default_classifier("cifar10" if "cifar" in name else name)
+    except ClassifierError:
+        return None
+
+
+def evaluate_model(
+    lm: LoadedModel,
+    n: int = 1000,
+    *,
+    method: str | None = None,
+    steps: int | None = -1,
+    seed: int = 0,
+    ref: str | Path | None = None,
+    ref_split: str = "test",
+    data_root: str | None = None,
+    classifier: str | Path | None = None,
+    fid: bool = True,
+    extractor: Any = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Sample ``n`` images from a loaded run and measure them.
+
+    Returns ``n``, ``sample_seconds``, ``fid``/``kid``/``kid_std`` (against ``ref``: a dataset name, stats file or
+    image folder; default the run's dataset, ``ref_split``) and the classifier report (``mean_confidence``,
+    ``histogram``, ``entropy``, ``entropy_normalized``, ``kl_uniform``, …) when a classifier is available.
+    """
+    t0 = time.monotonic()
+    images = generate(lm, n, method=method, steps=steps, seed=seed, progress=progress)
+    out: dict[str, Any] = {"step": lm.step, "n": n, "sample_seconds": round(time.monotonic() - t0, 2)}
+    clf = _classifier_for(lm, classifier)
+    if clf is not None:
+        from .classifier import sample_report
+
+        out.update(sample_report(clf, images))
+    else:
+        out["classifier"] = "unavailable (train one: ddpm classifier train --dataset NAME)"
+    if fid:
+        from . import fid as fid_lib
+
+        extractor = extractor or fid_lib.InceptionFeatures()
+        root = data_root if data_root is not None else lm.config.data.root
+        ref_stats = fid_lib.reference_stats(
+            ref or lm.config.data.name,
+            root=root,
+            split=ref_split,
+            image_size=lm.config.data.image_size,
+            extractor=extractor,
+            keep_features=True,
+        )
+        fake = fid_lib.compute_stats(images, extractor, keep_features=True)
+        out["fid"] = fid_lib.fid_from_stats(fake, ref_stats, warn=False)
+        if ref_stats.features is not None:
+            out["kid"], out["kid_std"] = fid_lib.kid(fake.features, ref_stats.features)
+        out["fid_reference"] = f"{ref or lm.config.data.name} ({ref_split}, {ref_stats.n} images)"
+    return out
+
+
+def _val_loss_by_step(run: Path) -> dict[int, float]:
+    from ..viz import read_metrics
+
+    return {
+        int(r["step"]): float(r["val_loss"]) for r in read_metrics(run / "metrics.jsonl") if "val_loss" in r
+    }
+
+
+def progressive_study(
+    run: str | Path,
+    steps: Sequence[int] | None = None,
+    every: int | None = None,
+    n: int = 500,
+    out_dir: str | Path | None = None,
+    sample_steps: int | None = -1,
+    **eval_kw: Any,
+) -> list[dict[str, Any]]:
+    """Evaluate a run's checkpoints (all, every ``every`` steps, or the listed ``steps``) like the seed report's
+    Table 4; writes ``study.md``, ``study.csv`` and ``study.png`` to ``out_dir`` (default: the run directory)."""
+    from ..viz import csv_table, markdown_table, plot_metric_table
+
+    run = Path(run)
+    ckpts = list_checkpoints(run / "checkpoints")
+    if not ckpts:
+        raise FileNotFoundError(f"no checkpoints in {run / 'checkpoints'}")
+    by_step = {int(p.name.split("-")[1]): p for p in ckpts}
+    chosen = sorted(by_step)
+    if steps:
+        missing = [s for s in steps if s not in by_step]
+        if missing:
+            raise ValueError(f"no checkpoint for step(s) {missing}; available: {chosen}")
+        chosen = sorted(steps)
+    elif every:
+        chosen = [s for s in chosen if s % every == 0] or chosen[-1:]
+    val = _val_loss_by_step(run)
+    rows = []
+    extractor = None
+    if eval_kw.get("fid", True):
+        from . import fid as fid_lib
+
+        extractor = fid_lib.InceptionFeatures()
+    for s in chosen:
+        lm = load_model(by_step[s])
+        r = evaluate_model(lm, n, steps=sample_steps, extractor=extractor, **eval_kw)
+        r["val_loss"] = val.get(s, math.nan)
+        rows.append(r)
+    out = Path(out_dir) if out_dir else run
+    out.mkdir(parents=True, exist_ok=True)
+    keys = [k for k in STUDY_KEYS if any(k in r for r in rows)]
+    (out / "study.md").write_text(markdown_table(rows, keys))
+    (out / "study.csv").write_text(csv_table(rows, keys))
+    (out / "study.jsonl").write_text("".join(json.dumps(_plain(r)) + "\n" for r in rows))
+    plot_metric_table(rows, "step", [k for k in keys if k != "step"], out / "study.png", title=f"{run.name}")
+    return rows
+
+
+def _plain(r: dict[str, Any]) -> dict[str, Any]:
+    return {k: (v.tolist() if isinstance(v, torch.Tensor) else v) for k, v in r.items()}
