@@ -29,6 +29,7 @@ from .checkpoint import latest_checkpoint, load_checkpoint, load_weights_into, s
 from .config import Config, ConfigError, DiffusionConfig, config_to_dict
 from .diffusion import GaussianDiffusion
 from .nn.unet import UNet
+from .resample import create_timestep_sampler
 from .schedule import NoiseSchedule
 
 __all__ = [
@@ -223,6 +224,9 @@ class Trainer:
 
         torch.manual_seed(tc.seed)
         self.diffusion = build_diffusion(self.config.diffusion)
+        self.timestep_sampler = create_timestep_sampler(
+            self.config.diffusion.timestep_sampler, self.diffusion
+        )
         self.model = build_model(self.config).to(self.device)
         if tc.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -318,6 +322,8 @@ class Trainer:
             torch.cuda.set_rng_state_all(st["cuda_rng"])
         if "batches" in st:
             self.batches.load_state_dict(st["batches"])
+        if "timestep_sampler" in st:
+            self.timestep_sampler.load_state_dict(st["timestep_sampler"])
         self.step = int(st.get("step", ck.step))
         self.ema.num_updates = int(st.get("ema_updates", self.step))
         self.best_val = float(st.get("best_val", math.inf))
@@ -348,6 +354,7 @@ class Trainer:
             "best_step": self.best_step,
             "bad_validations": self.bad_validations,
             "nonfinite_total": self.nonfinite_total,
+            "timestep_sampler": self.timestep_sampler.state_dict(),
         }
         if torch.cuda.is_available():
             st["cuda_rng"] = torch.cuda.get_rng_state_all()
@@ -390,7 +397,8 @@ class Trainer:
         # t, noise and label dropout are drawn for the whole batch first, then sliced per micro-batch: a step
         # is the same computation whatever grad_accum is (micro-batches take consecutive data positions too).
         c, s = self.config.model.in_channels, self.config.data.image_size
-        t_all = self.diffusion.sample_timesteps(tc.batch_size, self.device, self.gen)
+        # t ~ p with importance weights 1/(T p_t) (uniform: exactly diffusion.sample_timesteps, weights 1).
+        t_all, w_all = self.timestep_sampler.sample(tc.batch_size, self.device, self.gen)
         noise_all = torch.randn((tc.batch_size, c, s, s), generator=self.gen, device=self.device)
         drop_all = torch.rand((tc.batch_size,), generator=self.gen, device=self.device) < tc.label_dropout
         total = 0.0
@@ -407,7 +415,8 @@ class Trainer:
                 )
             # Each micro-batch's mean is divided by the number of micro-batches: the gradient equals that of the
             # mean loss over the whole batch.
-            loss = terms["loss"].mean() / tc.grad_accum
+            self.timestep_sampler.update_with_losses(t_all[sl], terms["loss"].detach())
+            loss = (terms["loss"] * w_all[sl]).mean() / tc.grad_accum
             self.scaler.scale(loss).backward()
             total += float(loss.detach())
         self.scaler.unscale_(self.optimizer)
