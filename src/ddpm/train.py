@@ -583,8 +583,9 @@ class Trainer:
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(loss=f"{out['loss']:.4f}", refresh=False)
-                if self.step % tc.log_every == 0 or self.step == self.total_steps:
-                    now = time.monotonic()
+                now = time.monotonic()
+                last = self.step == self.total_steps or self._stop_reason is not None or now >= deadline
+                if self.step % tc.log_every == 0 or last:
                     rec = {
                         "step": self.step,
                         "epoch": self.step / steps_per_epoch,
