@@ -83,7 +83,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = _train_config(args)
     if args.dry_run:
         cfg = _dry_run_config(cfg)
-        n = sum(p.numel() for p in UNet(cfg.model).parameters())
+        import torch
+
+        with torch.device("meta"):  # count parameters without allocating them
+            n = sum(p.numel() for p in UNet(cfg.model).parameters())
         print(json.dumps(config_to_dict(cfg), indent=2))
         print(f"parameters: {n:,}")
         return 0
@@ -113,8 +116,9 @@ def _labels(args: argparse.Namespace, n: int, num_classes: int | None) -> Any:
         return None
     if num_classes is None:
         raise UserError("--class needs a class-conditional model (trained with model.num_classes)")
-    if args.class_label == "all":
-        return torch.arange(n) % num_classes
+    if args.class_label == "all":  # class by class: rows of a grid (n is rounded down to a multiple of K)
+        per = max(1, n // num_classes)
+        return torch.arange(num_classes).repeat_interleave(per)
     try:
         k = int(args.class_label)
     except ValueError:
@@ -144,7 +148,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     t0 = time.monotonic()
     images = generate(
         lm,
-        args.n,
+        len(labels) if labels is not None else args.n,
         method=args.method,
         steps=args.steps,
         eta=args.eta,
@@ -157,7 +161,12 @@ def cmd_sample(args: argparse.Namespace) -> int:
         **({"spacing": args.spacing} if args.spacing else {}),
     )
     dt = time.monotonic() - t0
-    path = save_images(images, out, labels)
+    if labels is not None and args.class_label == "all" and out.suffix == ".png":
+        from .viz import class_grid
+
+        path = class_grid(images, lm.config.model.num_classes, out)
+    else:
+        path = save_images(images, out, labels)
     print(f"wrote {len(images)} samples to {path} in {dt:.1f}s")
     return 0
 
