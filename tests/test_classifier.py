@@ -127,6 +127,9 @@ def test_train_on_blobs_reaches_high_accuracy(trained: tuple[C.Classifier, dict]
     assert abs(metrics["val_mean_confidence"] - metrics["val_accuracy"]) < 0.05
     assert metrics["val_nll"] <= metrics["val_nll_uncalibrated"] + 1e-9
     assert model.config.dataset == "gaussian-blobs" and model.config.image_size == 16
+    noise = C.noise_baseline(model, n=200)
+    assert noise["n"] == 200 and sum(noise["histogram"]) == 200
+    assert metrics["noise_mean_confidence"] == pytest.approx(C.noise_baseline(model)["mean_confidence"])
     assert not model.training
 
 

@@ -22,6 +22,13 @@ label smoothing, bf16 autocast where the hardware has it, and per-dataset augmen
 flips for CIFAR-10, small random affine maps for digits); it stops after ``epochs`` or ``max_minutes``,
 whichever comes first, with the schedule following whichever is further along.
 
+Reading the numbers: ``temperature`` is fitted on held-out real images, so there the mean confidence
+tracks accuracy (it is stored as ``val_mean_confidence`` next to the accuracy: the reference a good
+generator should approach). Like most ReLU-family CNNs, these classifiers are *over*-confident far from
+the data — uniform pixel noise is typically put into a single class with high confidence
+(:func:`noise_baseline`, stored as ``noise_mean_confidence``) — so judge poor samples by the class
+histogram (entropy, KL to uniform) as much as by mean confidence.
+
 Files (:func:`save_classifier` / :func:`load_classifier`): ``model.safetensors`` (weights, no pickle) and
 ``classifier.json`` (architecture, dataset, class names, accuracy, how it was trained). The default place
 for a dataset's classifier is :func:`default_classifier_dir`: ``$DDPM_CACHE/classifiers/<dataset>/`` or
@@ -69,6 +76,7 @@ __all__ = [
     "histogram_stats",
     "load_classifier",
     "load_default_classifier",
+    "noise_baseline",
     "predict_logits",
     "sample_report",
     "save_classifier",
@@ -354,7 +362,7 @@ def histogram_stats(counts: torch.Tensor | list[int]) -> dict[str, float]:
     if k < 2 or float(c.sum()) <= 0:
         raise ValueError(f"need a histogram over >= 2 classes with a positive total, got {c.tolist()}")
     p = c / c.sum()
-    h = float(-(p * torch.where(p > 0, p.log(), torch.zeros_like(p))).sum())
+    h = float(-(p * torch.where(p > 0, p.log(), torch.zeros_like(p))).sum()) + 0.0  # no -0.0
     return {"entropy": h, "entropy_normalized": h / math.log(k), "kl_uniform": max(0.0, math.log(k) - h)}
 
 
@@ -398,6 +406,18 @@ def sample_report(
     if isinstance(config, ClassifierConfig) and config.class_names:
         report["class_names"] = list(config.class_names)
     return report
+
+
+def noise_baseline(model: nn.Module, n: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """:func:`sample_report` of ``n`` images of uniform uint8 noise (shape from ``model.config``).
+
+    The floor to compare generated images with: a classifier that calls noise confident (common) makes
+    mean confidence alone a weak signal; the histogram of noise usually collapses to one or two classes.
+    """
+    config = model.config
+    g = torch.Generator().manual_seed(seed)
+    size = (n, config.in_channels, config.image_size, config.image_size)
+    return sample_report(model, torch.randint(0, 256, size, generator=g, dtype=torch.uint8))
 
 
 def agreement(model: nn.Module, images: Any, requested_labels: Any, batch_size: int = 500) -> float:
@@ -580,7 +600,8 @@ def train_classifier(
         ``(model, metrics)``: the model in eval mode (its ``info`` holds the metrics) and a dict with
         ``val_accuracy`` (None without ``data_val``), ``temperature``, ``val_nll`` (after calibration),
         ``val_mean_confidence`` / ``val_confident_fraction`` (the real-image reference for
-        :func:`sample_report`'s figures), ``train_loss`` / ``train_accuracy`` (last epoch, on
+        :func:`sample_report`'s figures), ``noise_mean_confidence`` / ``noise_entropy_normalized``
+        (:func:`noise_baseline`), ``train_loss`` / ``train_accuracy`` (last epoch, on
         augmented data), ``epochs``, ``steps``, ``train_seconds``, ``eval_seconds``, ``images_per_second``,
         ``n_train``, ``n_val`` and the settings used.
     """
@@ -714,6 +735,9 @@ def train_classifier(
         val["val_nll"] = float(F.cross_entropy(logits, labels))
         val["val_mean_confidence"] = float(conf.mean())
         val["val_confident_fraction"] = float((conf > CONFIDENT).double().mean())
+    noise = noise_baseline(model)
+    val["noise_mean_confidence"] = noise["mean_confidence"]
+    val["noise_entropy_normalized"] = noise["entropy_normalized"]
     eval_seconds = time.perf_counter() - t_eval
     metrics: dict[str, Any] = {
         **val,
@@ -793,6 +817,7 @@ def save_classifier(
     tmp_w, tmp_c = out / (WEIGHTS_FILE + ".tmp"), out / (CONFIG_FILE + ".tmp")
     save_file(state, str(tmp_w), metadata={"format": FORMAT, "dataset": cfg.dataset})
     tmp_c.write_text(json.dumps(doc, indent=2, default=_json_default) + "\n")
+    os.chmod(tmp_w, tmp_c.stat().st_mode & 0o777)  # safetensors writes 0600; follow the umask like the JSON
     os.replace(tmp_w, out / WEIGHTS_FILE)
     os.replace(tmp_c, out / CONFIG_FILE)
     return out
