@@ -5,6 +5,10 @@ except that diffusers' separate ``to_q``/``to_k``/``to_v`` projections are our f
 along the output dimension). diffusers itself is not imported here: state dicts and config dicts are plain
 Python objects, so this module works without diffusers installed.
 
+:func:`import_diffusers` / :func:`export_diffusers` turn a diffusers model folder (``unet/`` + ``scheduler/``, as
+``DDPMPipeline.save_pretrained`` writes it) into a ddpm run directory and back; the scheduler config maps onto
+:class:`ddpm.config.DiffusionConfig` (:func:`diffusion_config_from_scheduler`).
+
 Supported: "block" skips, ResNet blocks with GroupNorm, conv or BigGAN-style (``resblock_updown``) resampling,
 nearest+conv upsampling, default or scale-shift time conditioning, attention with one width per head,
 class embeddings. Class labels: diffusers has no null label, so our ``num_classes + 1``-row table is exported
@@ -13,12 +17,15 @@ as ``num_class_embeds = num_classes + 1`` (the last class is our null label) and
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from torch import Tensor
 
+from ..config import DataConfig, DiffusionConfig
 from ..nn.unet import UNetConfig
 
 __all__ = [
@@ -26,6 +33,10 @@ __all__ = [
     "unet_to_diffusers_state_dict",
     "unet_config_to_diffusers",
     "unet_config_from_diffusers",
+    "diffusion_config_from_scheduler",
+    "scheduler_config_from_diffusion",
+    "import_diffusers",
+    "export_diffusers",
 ]
 
 # (ours, diffusers) name fragments; applied to dotted names.
@@ -269,3 +280,254 @@ def _inverse_names(config: UNetConfig) -> dict[str, str]:
     with torch.device("meta"):
         names = list(UNet(config).state_dict())
     return {_rename_to_diffusers(n): n for n in names}
+
+
+# ============================================================================================== folders
+# A diffusers model folder (what ``DDPMPipeline.save_pretrained`` writes) ↔ a ddpm run directory.
+
+_PREDICTIONS = {"epsilon": "eps", "sample": "x0", "v_prediction": "v"}
+_VARIANCES = {  # the *_log variants are the same variance computed in log space
+    "fixed_small": "fixed_small",
+    "fixed_small_log": "fixed_small",
+    "fixed_large": "fixed_large",
+    "fixed_large_log": "fixed_large",
+    "learned_range": "learned_range",
+}
+_SCHEDULES = {"linear": "linear", "squaredcos_cap_v2": "cosine"}
+_COSINE_S = 0.008  # diffusers' squaredcos_cap_v2 fixes Nichol & Dhariwal's offset s
+_WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
+
+
+def diffusion_config_from_scheduler(config: Mapping[str, Any]) -> tuple[DiffusionConfig, bool]:
+    """``(DiffusionConfig, clip_sample)`` for a diffusers scheduler config (``scheduler/scheduler_config.json``).
+
+    Reads the training noise process: ``num_train_timesteps``, ``beta_schedule`` (``linear`` with
+    ``beta_start``/``beta_end``, or ``squaredcos_cap_v2`` = our cosine schedule), ``prediction_type``
+    (``epsilon``/``sample``/``v_prediction`` → ``eps``/``x0``/``v``) and ``variance_type`` (``fixed_small[_log]``,
+    ``fixed_large[_log]``, ``learned_range``; absent — e.g. DDIM — means ``fixed_small``). Settings with no
+    equivalent here (``trained_betas``, ``scaled_linear`` and other schedules, ``learned`` variances,
+    thresholding, zero-terminal-SNR rescaling, a clip range other than 1) raise ``ValueError``. Inference-only
+    settings (``timestep_spacing``, ``steps_offset``, …) do not describe the model and are ignored.
+    """
+    get = config.get
+    name = get("_class_name", "scheduler")
+
+    def unsupported(why: str) -> ValueError:
+        return ValueError(f"{name}: {why} has no equivalent in ddpm")
+
+    if get("trained_betas") is not None:
+        raise unsupported("trained_betas (an explicit beta table)")
+    schedule = get("beta_schedule", "linear")
+    if schedule not in _SCHEDULES:
+        raise unsupported(f"beta_schedule={schedule!r} (supported: {', '.join(_SCHEDULES)})")
+    prediction = get("prediction_type", "epsilon")
+    if prediction not in _PREDICTIONS:
+        raise unsupported(f"prediction_type={prediction!r} (supported: {', '.join(_PREDICTIONS)})")
+    variance = get("variance_type") or "fixed_small"
+    if variance not in _VARIANCES:
+        raise unsupported(f"variance_type={variance!r} (supported: {', '.join(_VARIANCES)})")
+    if get("thresholding", False):
+        raise unsupported("thresholding=True (dynamic thresholding)")
+    if get("rescale_betas_zero_snr", False):
+        raise unsupported("rescale_betas_zero_snr=True")
+    clip = bool(get("clip_sample", True))
+    if clip and float(get("clip_sample_range", 1.0)) != 1.0:
+        raise unsupported(f"clip_sample_range={get('clip_sample_range')} (only [-1, 1] clipping)")
+    timesteps = get("num_train_timesteps", 1000)
+    if isinstance(timesteps, bool) or not isinstance(timesteps, int) or timesteps < 1:
+        raise ValueError(f"{name}: num_train_timesteps must be a positive integer, got {timesteps!r}")
+    diffusion = DiffusionConfig(
+        schedule=_SCHEDULES[schedule],  # type: ignore[arg-type]
+        timesteps=timesteps,
+        beta_start=float(get("beta_start", 1e-4)),
+        beta_end=float(get("beta_end", 0.02)),
+        cosine_s=_COSINE_S,
+        prediction=_PREDICTIONS[prediction],  # type: ignore[arg-type]
+        variance=_VARIANCES[variance],  # type: ignore[arg-type]
+        loss="hybrid" if variance == "learned_range" else "mse",
+    )
+    return diffusion, clip
+
+
+def scheduler_config_from_diffusion(diffusion: DiffusionConfig, clip_sample: bool = True) -> dict[str, Any]:
+    """The ``DDPMScheduler`` config (``scheduler_config.json`` content) of a :class:`DiffusionConfig`."""
+    if diffusion.schedule == "cosine" and abs(diffusion.cosine_s - _COSINE_S) > 1e-12:
+        raise ValueError(
+            f"diffusion.cosine_s={diffusion.cosine_s}: diffusers' squaredcos_cap_v2 schedule fixes s={_COSINE_S}"
+        )
+    prediction = {v: k for k, v in _PREDICTIONS.items()}[diffusion.prediction]
+    return {
+        "_class_name": "DDPMScheduler",
+        "_diffusers_version": _diffusers_version(),
+        "num_train_timesteps": diffusion.timesteps,
+        "beta_start": diffusion.beta_start,
+        "beta_end": diffusion.beta_end,
+        "beta_schedule": {v: k for k, v in _SCHEDULES.items()}[diffusion.schedule],
+        "trained_betas": None,
+        "variance_type": diffusion.variance,
+        "clip_sample": bool(clip_sample),
+        "clip_sample_range": 1.0,
+        "prediction_type": prediction,
+        "thresholding": False,
+        "timestep_spacing": "leading",
+        "steps_offset": 0,
+        "rescale_betas_zero_snr": False,
+    }
+
+
+def _diffusers_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("diffusers")
+    except PackageNotFoundError:
+        return "0.30.0"
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ValueError(f"{path} not found (expected a diffusers folder with unet/ and scheduler/)")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"cannot read {path}: {e}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object")
+    return data
+
+
+def _read_unet_weights(unet_dir: Path) -> dict[str, Tensor]:
+    """``unet/diffusion_pytorch_model.safetensors`` (or its sharded index), else the ``.bin`` file loaded with
+    ``torch.load(weights_only=True)`` (no code runs either way)."""
+    import torch
+    from safetensors.torch import load_file
+
+    st = unet_dir / _WEIGHT_FILES[0]
+    if st.is_file():
+        return load_file(str(st), device="cpu")
+    index = unet_dir / (_WEIGHT_FILES[0] + ".index.json")
+    if index.is_file():
+        shards = sorted(set(_read_json(index).get("weight_map", {}).values()))
+        out: dict[str, Tensor] = {}
+        for shard in shards:
+            out.update(load_file(str(unet_dir / shard), device="cpu"))
+        return out
+    binary = unet_dir / _WEIGHT_FILES[1]
+    if binary.is_file():
+        try:
+            state = torch.load(binary, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - an unsafe or corrupt pickle: one clear line
+            raise ValueError(
+                f"refusing {binary}: not a plain weights-only state dict ({type(e).__name__})"
+            ) from None
+        if not isinstance(state, dict):
+            raise ValueError(f"{binary}: expected a state dict, got {type(state).__name__}")
+        return state
+    raise ValueError(f"no weights in {unet_dir} (expected {' or '.join(_WEIGHT_FILES)})")
+
+
+def _data_config_for(unet: UNetConfig) -> DataConfig:
+    """The dataset an imported network most likely belongs to (it only matters for training further)."""
+    size, c = unet.image_size, unet.in_channels
+    name = "cifar10" if (c, size) == (3, 32) else "mnist" if (c, size) == (1, 32) else "folder"
+    return DataConfig(name=name, image_size=size)
+
+
+def import_diffusers(src: str | Path, out_run_dir: str | Path, step: int = 0) -> Path:
+    """Import a diffusers ``UNet2DModel`` + scheduler folder as a ddpm run directory; returns the checkpoint.
+
+    ``src`` holds ``unet/config.json`` with ``unet/diffusion_pytorch_model.safetensors`` (or a ``.bin``, read with
+    ``torch.load(weights_only=True)``) and ``scheduler/scheduler_config.json`` — e.g. a local copy of
+    google/ddpm-cifar10-32. ``out_run_dir`` receives ``config.json`` and ``checkpoints/step-NNNNNNN/`` (written by
+    :func:`ddpm.checkpoint.save_checkpoint`; the weights as both the model and the EMA — diffusers folders ship
+    one set, usually the EMA), so ``ddpm.pipeline.load_model`` and ``ddpm sample --run`` take it, and
+    ``ddpm train --resume`` fine-tunes it. Unsupported architectures or scheduler settings raise ``ValueError``.
+    """
+    from ..checkpoint import latest_checkpoint, load_weights_into, save_checkpoint
+    from ..config import Config, SampleConfig, config_to_dict
+    from ..nn.unet import UNet
+
+    src, out = Path(src), Path(out_run_dir)
+    unet_raw = _read_json(src / "unet" / "config.json")
+    if unet_raw.get("_class_name", "UNet2DModel") != "UNet2DModel":
+        raise ValueError(f"{src}/unet is a {unet_raw['_class_name']}, not a UNet2DModel")
+    sched_raw = _read_json(src / "scheduler" / "scheduler_config.json")
+    unet_cfg = unet_config_from_diffusers(unet_raw)
+    diffusion, clip = diffusion_config_from_scheduler(sched_raw)
+    from ..train import build_diffusion
+
+    expected = build_diffusion(diffusion).output_channels(unet_cfg.in_channels)
+    if unet_cfg.out_channels != expected:
+        raise ValueError(
+            f"the UNet outputs {unet_cfg.out_channels} channels but variance_type={sched_raw.get('variance_type')!r} "
+            f"needs {expected} for {unet_cfg.in_channels}-channel images"
+        )
+    weights = unet_from_diffusers_state_dict(_read_unet_weights(src / "unet"), unet_cfg)
+    model = UNet(unet_cfg)
+    load_weights_into(model, weights, f"{src}/unet weights")  # every parameter present, every shape right
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    config = Config(
+        model=unet_cfg,
+        diffusion=diffusion,
+        data=_data_config_for(unet_cfg),
+        sample=SampleConfig(clip_denoised=clip),
+        preset="",
+        source=f"diffusers:{src.resolve()}",
+    )
+    if latest_checkpoint(out / "checkpoints") is not None:
+        raise ValueError(f"{out} already holds checkpoints; choose a new --out")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(config_to_dict(config), indent=2))
+    return save_checkpoint(out / "checkpoints", step, config, state, state)
+
+
+def export_diffusers(run_dir_or_ckpt: str | Path, out_dir: str | Path, ema: bool = True) -> Path:
+    """Write a run's (EMA by default) network as a folder ``diffusers.DDPMPipeline.from_pretrained`` loads.
+
+    ``out_dir`` gets ``model_index.json``, ``unet/`` (``config.json`` + ``diffusion_pytorch_model.safetensors``)
+    and ``scheduler/scheduler_config.json`` (a ``DDPMScheduler`` with the run's schedule, prediction and
+    variance). It must not exist or be empty; the folder is assembled next to it and renamed into place.
+    Networks or schedules diffusers cannot express raise ``ValueError``.
+    """
+    import os
+    import shutil
+    import tempfile
+
+    from safetensors.torch import save_file
+
+    from ..checkpoint import load_checkpoint
+
+    out = Path(out_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ValueError(f"{out} exists and is not an empty directory")
+    ck = load_checkpoint(run_dir_or_ckpt, with_state=False)
+    weights = ck.ema if ema and ck.ema is not None else ck.model
+    unet_cfg = {
+        "_class_name": "UNet2DModel",
+        "_diffusers_version": _diffusers_version(),
+        **unet_config_to_diffusers(ck.config.model),
+    }
+    sched_cfg = scheduler_config_from_diffusion(ck.config.diffusion, ck.config.sample.clip_denoised)
+    state = {k: v.detach().to("cpu").contiguous() for k, v in unet_to_diffusers_state_dict(weights).items()}
+    index = {
+        "_class_name": "DDPMPipeline",
+        "_diffusers_version": _diffusers_version(),
+        "scheduler": ["diffusers", "DDPMScheduler"],
+        "unet": ["diffusers", "UNet2DModel"],
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        (tmp / "unet").mkdir()
+        (tmp / "scheduler").mkdir()
+        save_file(state, str(tmp / "unet" / _WEIGHT_FILES[0]), metadata={"format": "pt"})
+        (tmp / "unet" / "config.json").write_text(json.dumps(unet_cfg, indent=2))
+        (tmp / "scheduler" / "scheduler_config.json").write_text(json.dumps(sched_cfg, indent=2))
+        (tmp / "model_index.json").write_text(json.dumps(index, indent=2))
+        if out.exists():
+            out.rmdir()
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
