@@ -69,11 +69,15 @@ def evaluate_model(
 
         extractor = extractor or fid_lib.InceptionFeatures()
         root = data_root if data_root is not None else lm.config.data.root
+        # Pass the image size only where it is not the dataset's default, so cached statistics are shared.
+        size = lm.config.data.image_size
+        if ref is None and _default_size(lm.config.data.name) == size:
+            size = None
         ref_stats = fid_lib.reference_stats(
             ref or lm.config.data.name,
             root=root,
             split=ref_split,
-            image_size=lm.config.data.image_size,
+            image_size=size,
             extractor=extractor,
             keep_features=True,
         )
@@ -83,6 +87,15 @@ def evaluate_model(
             out["kid"], out["kid_std"] = fid_lib.kid(fake.features, ref_stats.features)
         out["fid_reference"] = f"{ref or lm.config.data.name} ({ref_split}, {ref_stats.n} images)"
     return out
+
+
+def _default_size(name: str) -> int | None:
+    from ..data import DataError, dataset_info
+
+    try:
+        return dataset_info(name).image_size
+    except DataError:
+        return None
 
 
 def _val_loss_by_step(run: Path) -> dict[int, float]:
