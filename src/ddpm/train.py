@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from . import data as data_lib
+from . import distributed as dist_lib
 from .checkpoint import latest_checkpoint, load_checkpoint, load_weights_into, save_checkpoint
 from .config import Config, ConfigError, DiffusionConfig, config_to_dict
 from .diffusion import GaussianDiffusion
@@ -181,6 +182,8 @@ class EMA:
 
 # --------------------------------------------------------------------------- trainer
 def _jsonl(path: Path, record: dict[str, Any]) -> None:
+    if not dist_lib.is_main():  # under torch.distributed only rank 0 writes metrics
+        return
     with open(path, "a") as f:
         f.write(json.dumps(record) + "\n")
 
@@ -211,15 +214,25 @@ class Trainer:
             torch.set_num_threads(tc.threads)
         self.device = resolve_device(tc.device)
         self.precision = resolve_precision(tc.precision, self.device)
+        # Data-parallel training under torchrun: join the process group (a no-op in a single process). Only rank 0
+        # logs, shows progress, samples and writes checkpoints (see ddpm.distributed).
+        self.dist = dist_lib.init_from_env(self.device.type)
+        if self.dist.enabled and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.dist.local_rank)
+        if not self.dist.is_main:
+            self.log, self.progress = (lambda s: None), False
 
         train_data, val_data = data if data is not None else load_datasets(config)
         self.config = resolve_config(config, train_data)
         tc = self.config.train
-        if tc.batch_size % tc.grad_accum:
+        world = self.dist.world_size
+        if tc.batch_size % (tc.grad_accum * world):
+            ranks = f" × {world} ranks" if world > 1 else ""
             raise ConfigError(
-                f"train.batch_size={tc.batch_size} is not divisible by train.grad_accum={tc.grad_accum}"
+                f"train.batch_size={tc.batch_size} is not divisible by train.grad_accum={tc.grad_accum}{ranks}"
             )
-        self.micro_batch = tc.batch_size // tc.grad_accum
+        # train.batch_size is the global batch: ranks × grad_accum × micro_batch images per optimizer step.
+        self.micro_batch = tc.batch_size // (tc.grad_accum * world)
         self.train_data, self.val_data = train_data, val_data
 
         torch.manual_seed(tc.seed)
@@ -231,6 +244,18 @@ class Trainer:
         if tc.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.ema = EMA(self.model, tc.ema_decay, tc.ema_warmup)
+        self.ddp: nn.Module | None = None
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            # DDP broadcasts rank 0's weights (identical anyway: same seed) and averages gradients over the ranks.
+            self.ddp = DistributedDataParallel(
+                self.model,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                broadcast_buffers=False,  # the U-Net's only buffers are constant sinusoid frequencies
+            )
+            # Dropout draws from the global RNG: each rank gets its own stream (the weights are initialised by now).
+            torch.manual_seed(_rank_seed(tc.seed, self.dist.rank))
         decay, no_decay = [], []
         for name, p in self.model.named_parameters():
             (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
@@ -243,7 +268,12 @@ class Trainer:
             **({"fused": True} if fused else {"foreach": True}),
         )
         self.batches = data_lib.Batches(
-            self.train_data, self.micro_batch, seed=tc.seed, flip=bool(self.config.data.flip)
+            self.train_data,
+            self.micro_batch,
+            seed=tc.seed,
+            flip=bool(self.config.data.flip),
+            rank=self.dist.rank,
+            world_size=self.dist.world_size,
         )
         self.total_steps = self._total_steps()
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
@@ -259,10 +289,16 @@ class Trainer:
         self._stop_reason: str | None = None
         self._compiled: Callable[..., Tensor] | None = None
 
+        # Rank 0 goes first: it may clean up after a killed checkpoint writer and rewrites metrics.jsonl and
+        # config.json; the other ranks then read the same (shared) run directory.
+        if not self.dist.is_main:
+            dist_lib.barrier()
         if resume:
             self._resume()
         else:
             self._start_fresh()
+        if self.dist.is_main:
+            dist_lib.barrier()
 
     # ------------------------------------------------------------------ setup
     def _total_steps(self) -> int:
@@ -293,6 +329,8 @@ class Trainer:
             raise ConfigError(
                 f"{self.run_dir} already holds checkpoints: pass --resume to continue it, or use a new --out"
             )
+        if not self.dist.is_main:
+            return
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "config.json").write_text(json.dumps(config_to_dict(self.config), indent=2))
         metrics = self.run_dir / "metrics.jsonl"
@@ -316,12 +354,9 @@ class Trainer:
             self.scaler.load_state_dict(st["scaler"])
         if "generator" in st:
             self.gen.set_state(st["generator"])
-        if "torch_rng" in st:
-            torch.set_rng_state(st["torch_rng"])
-        if "cuda_rng" in st and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(st["cuda_rng"])
+        self._restore_rng(st)
         if "batches" in st:
-            self.batches.load_state_dict(st["batches"])
+            self.batches.load_state_dict(self._rank_data_position(st))
         if "timestep_sampler" in st:
             self.timestep_sampler.load_state_dict(st["timestep_sampler"])
         self.step = int(st.get("step", ck.step))
@@ -332,15 +367,52 @@ class Trainer:
         self.nonfinite_total = int(st.get("nonfinite_total", 0))
         # Metrics logged after the checkpoint belong to the abandoned continuation: drop them.
         metrics = self.run_dir / "metrics.jsonl"
-        if metrics.exists():
+        if self.dist.is_main and metrics.exists():
             kept = [
                 ln for ln in metrics.read_text().splitlines() if ln.strip() and _record_step(ln) <= self.step
             ]
             metrics.write_text("".join(ln + "\n" for ln in kept))
         self.log(f"resumed {self.run_dir} at step {self.step} from {path.name}")
 
+    def _restore_rng(self, st: dict[str, Any]) -> None:
+        """The global RNG (dropout): one process restores the saved state; several ranks restore each their own
+        when their number is unchanged, else they re-seed distinct streams from (seed, rank, step)."""
+        if not self.dist.enabled:
+            if "torch_rng" in st:
+                torch.set_rng_state(st["torch_rng"])
+            if "cuda_rng" in st and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(st["cuda_rng"])
+            return
+        ranks = st.get("rng_ranks")
+        if isinstance(ranks, list) and len(ranks) == self.dist.world_size:
+            mine = ranks[self.dist.rank]
+            torch.set_rng_state(mine["torch"])
+            if "cuda" in mine and self.device.type == "cuda":
+                torch.cuda.set_rng_state(mine["cuda"], self.device)
+        else:
+            torch.manual_seed(_rank_seed(self.config.train.seed, self.dist.rank, int(st.get("step", 0))))
+
+    def _batches_state(self) -> dict[str, int]:
+        """``Batches.state_dict()`` plus ``examples``: examples into the epoch over all ranks."""
+        return {**self.batches.state_dict(), "examples": self.batches.position * self.dist.world_size}
+
+    def _rank_data_position(self, st: dict[str, Any]) -> dict[str, int]:
+        """This rank's ``Batches`` state. Checkpoints store the data position as examples into the epoch over all
+        ranks (ranks advance in lockstep, rank r holding global positions r, r + W, …), so a run resumes on any
+        number of ranks that divides the global batch; older checkpoints hold the one-process position."""
+        b = st["batches"]
+        examples = int(b.get("examples", int(b["position"]) * int(st.get("world_size", 1))))
+        world = self.dist.world_size
+        if examples % world:
+            raise ConfigError(
+                f"cannot resume on {world} ranks: the checkpoint is {examples} examples into epoch {b['epoch']}, "
+                f"not a multiple of {world}"
+            )
+        return {"epoch": int(b["epoch"]), "position": examples // world}
+
     # ------------------------------------------------------------------ state
     def train_state(self) -> dict[str, Any]:
+        """Everything but the weights that an exact resume needs (a collective under torch.distributed)."""
         st: dict[str, Any] = {
             "step": self.step,
             "optimizer": self.optimizer.state_dict(),
@@ -348,7 +420,8 @@ class Trainer:
             "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
             "generator": self.gen.get_state(),
             "torch_rng": torch.get_rng_state(),
-            "batches": self.batches.state_dict(),
+            "batches": self._batches_state(),
+            "world_size": self.dist.world_size,
             "ema_updates": self.ema.num_updates,
             "best_val": self.best_val,
             "best_step": self.best_step,
@@ -358,25 +431,59 @@ class Trainer:
         }
         if torch.cuda.is_available():
             st["cuda_rng"] = torch.cuda.get_rng_state_all()
+        if self.dist.enabled:  # every rank's dropout stream: resuming on as many ranks continues each exactly
+            mine = {"torch": torch.get_rng_state()}
+            if self.device.type == "cuda":
+                mine["cuda"] = torch.cuda.get_rng_state(self.device)
+            st["rng_ranks"] = dist_lib.all_gather_objects(mine)
         return st
 
     def save(self) -> Path:
-        """Write a checkpoint of the current step (atomically) and prune old ones."""
-        return save_checkpoint(
-            self.ckpt_dir,
-            self.step,
-            self.config,
-            self.model.state_dict(),
-            self.ema.state_dict(),
-            self.train_state(),
-            keep=self.config.train.keep_checkpoints,
-        )
+        """Write a checkpoint of the current step (atomically) and prune old ones.
+
+        Under torch.distributed every rank calls this: the ranks' EMA weights are checked to be identical, rank 0
+        writes while the others wait, and a failed write raises on every rank (so all of them go on alike).
+        """
+        state = self.train_state()
+        if not self.dist.enabled:
+            return save_checkpoint(
+                self.ckpt_dir,
+                self.step,
+                self.config,
+                self.model.state_dict(),
+                self.ema.state_dict(),
+                state,
+                keep=self.config.train.keep_checkpoints,
+            )
+        from .checkpoint import CheckpointError
+
+        dist_lib.check_replicas(self.ema.model.parameters(), "EMA weights")
+        path, error = self.ckpt_dir / f"step-{self.step:07d}", None
+        if self.dist.is_main:
+            try:
+                path = save_checkpoint(
+                    self.ckpt_dir,
+                    self.step,
+                    self.config,
+                    self.model.state_dict(),
+                    self.ema.state_dict(),
+                    state,
+                    keep=self.config.train.keep_checkpoints,
+                )
+            except Exception as e:  # noqa: BLE001 - re-raised below once the other ranks know
+                error = e
+        if dist_lib.any_flag(error is not None, self.device):  # also the barrier the other ranks wait at
+            if error is not None:
+                raise error
+            raise CheckpointError(f"rank 0 could not write checkpoint step-{self.step:07d}")
+        return path
 
     # ------------------------------------------------------------------ one step
     def _model_fn(self) -> Callable[..., Tensor]:
+        module = self.ddp if self.ddp is not None else self.model
         if self.config.train.compile and self._compiled is None:
-            self._compiled = torch.compile(self.model)
-        return self._compiled or self.model
+            self._compiled = torch.compile(module)
+        return self._compiled if self._compiled is not None else module  # a compiled module has no bool()
 
     def _model_kwargs(self, y: Tensor, drop: Tensor | None = None) -> dict[str, Tensor]:
         """``{"y": labels}`` for class-conditional models, with the null label where ``drop`` is True
@@ -401,6 +508,13 @@ class Trainer:
         t_all, w_all = self.timestep_sampler.sample(tc.batch_size, self.device, self.gen)
         noise_all = torch.randn((tc.batch_size, c, s, s), generator=self.gen, device=self.device)
         drop_all = torch.rand((tc.batch_size,), generator=self.gen, device=self.device) < tc.label_dropout
+        if self.dist.enabled:
+            # Every rank drew the same global-batch randomness (same generator, seed and calls) and keeps the
+            # positions it holds data for: Batches gives rank r the global positions r, r + W, r + 2W, … of each
+            # step, so W ranks compute exactly the single-process step (DDP averages their equal shares).
+            own = dist_lib.rank_slice(tc.batch_size, self.dist.rank, self.dist.world_size)
+            t_all, w_all, drop_all = t_all[own], w_all[own], drop_all[own]
+            noise_all = noise_all[own].contiguous()
         total = 0.0
         for k in range(tc.grad_accum):
             sl = slice(k * self.micro_batch, (k + 1) * self.micro_batch)
@@ -409,16 +523,21 @@ class Trainer:
             if tc.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             kwargs = self._model_kwargs(y.to(self.device), drop_all[sl])
-            with autocast_context(self.precision, self.device):
-                terms = self.diffusion.training_losses(
-                    model, x, t_all[sl], noise_all[sl], model_kwargs=kwargs
-                )
-            # Each micro-batch's mean is divided by the number of micro-batches: the gradient equals that of the
-            # mean loss over the whole batch.
-            self.timestep_sampler.update_with_losses(t_all[sl], terms["loss"].detach())
-            loss = (terms["loss"] * w_all[sl]).mean() / tc.grad_accum
-            self.scaler.scale(loss).backward()
+            # DDP all-reduces gradients in the last micro-batch's backward only.
+            last = k == tc.grad_accum - 1
+            with contextlib.nullcontext() if self.ddp is None or last else self.ddp.no_sync():
+                with autocast_context(self.precision, self.device):
+                    terms = self.diffusion.training_losses(
+                        model, x, t_all[sl], noise_all[sl], model_kwargs=kwargs
+                    )
+                # Each micro-batch's mean is divided by the number of micro-batches: the gradient equals that of
+                # the mean loss over the whole batch.
+                self.timestep_sampler.update_with_losses(t_all[sl], terms["loss"].detach())
+                loss = (terms["loss"] * w_all[sl]).mean() / tc.grad_accum
+                self.scaler.scale(loss).backward()
             total += float(loss.detach())
+        if self.dist.enabled:  # the global batch's mean loss (every rank's share is the same size)
+            total = float(dist_lib.all_reduce_sum([total], self.device)[0]) / self.dist.world_size
         self.scaler.unscale_(self.optimizer)
         params = [p for p in self.model.parameters() if p.grad is not None]
         clip = tc.grad_clip if tc.grad_clip is not None else math.inf
@@ -456,10 +575,11 @@ class Trainer:
         model.eval()
         tc = self.config.train
         g = torch.Generator(self.device).manual_seed(tc.seed + 12345)
-        n = min(len(self.val_data), tc.val_batches * self.micro_batch)
+        vb = tc.batch_size // tc.grad_accum  # the one-process micro-batch: the same images on any ranks
+        n = min(len(self.val_data), tc.val_batches * vb)
         total, count = 0.0, 0
-        for start in range(0, n, self.micro_batch):
-            idx = torch.arange(start, min(n, start + self.micro_batch))
+        for start in range(0, n, vb):
+            idx = torch.arange(start, min(n, start + vb))
             x = data_lib.to_float(self.val_data.images[idx]).to(self.device)
             y = self.val_data.labels[idx].to(self.device)
             t = self.diffusion.sample_timesteps(x.shape[0], self.device, g)
@@ -533,7 +653,7 @@ class Trainer:
                 signal.signal(s, h)
 
     def _validate(self) -> float | None:
-        val = self.validation_loss()
+        val = dist_lib.broadcast_float(self.validation_loss(), device=self.device)  # ranks decide as rank 0
         if val is None:
             return None
         tc = self.config.train
@@ -549,6 +669,23 @@ class Trainer:
             if tc.early_stopping_patience is not None and self.bad_validations >= tc.early_stopping_patience:
                 self._stop_reason = "early_stopping"
         return val
+
+    def _should_stop(self, deadline: float) -> bool:
+        """Whether to stop before the next step (a signal, early stopping, non-finite losses or the time limit),
+        agreed by all ranks under torch.distributed: a signal or the deadline may reach one rank before another."""
+        out_of_time = time.monotonic() >= deadline
+        if self.dist.enabled:
+            stop = self._stop_reason is not None
+            flags = dist_lib.all_reduce_sum([float(out_of_time), float(stop)], self.device)
+            out_of_time = bool(flags[0] > 0)
+            if flags[1] > 0 and self._stop_reason is None:
+                self._stop_reason = "SIGTERM"  # another rank was signalled
+        if self._stop_reason is not None:
+            return True
+        if out_of_time:
+            self._stop_reason = "max_minutes"
+            return True
+        return False
 
     def fit(self) -> dict[str, Any]:
         """Train until ``max_steps``/``epochs``, ``max_minutes``, early stopping or a signal; returns a summary."""
@@ -566,9 +703,8 @@ class Trainer:
         window_loss, window_n, window_images, window_start = 0.0, 0, 0, time.monotonic()
         last_saved = self.step if latest_checkpoint(self.ckpt_dir) else -1
         with self._signals():
-            while self.step < self.total_steps and self._stop_reason is None:
-                if time.monotonic() >= deadline:
-                    self._stop_reason = "max_minutes"
+            while self.step < self.total_steps:
+                if self._should_stop(deadline):
                     break
                 out = self.train_step()
                 if out is None:
@@ -606,7 +742,7 @@ class Trainer:
                         _jsonl(metrics, {"step": self.step, "val_loss": val, "best_val": self.best_val})
                         if bar is not None:
                             bar.set_postfix(loss=f"{out['loss']:.4f}", val=f"{val:.4f}", refresh=False)
-                if tc.sample_every and self.step % tc.sample_every == 0:
+                if tc.sample_every and self.step % tc.sample_every == 0 and self.dist.is_main:
                     self.sample_grid(self.run_dir / "samples" / f"step-{self.step:07d}.png")
                 if tc.checkpoint_every and self.step % tc.checkpoint_every == 0:
                     self.save()
@@ -632,7 +768,7 @@ class Trainer:
         ckpt = self.save() if last_saved != self.step or self._stop_reason == "early_stopping" else None
         from .viz import loss_stats, loss_stats_markdown, plot_losses, read_metrics
 
-        records = read_metrics(self.run_dir / "metrics.jsonl")
+        records = read_metrics(self.run_dir / "metrics.jsonl") if self.dist.is_main else []
         if any("loss" in r for r in records):
             plot_losses(
                 records, self.run_dir / "loss_curve.png", title=f"{self.config.preset or 'ddpm'} loss"
@@ -652,6 +788,11 @@ class Trainer:
             {"step": self.step, "event": "end", **{k: v for k, v in summary.items() if k != "train_loss"}},
         )
         return summary
+
+
+def _rank_seed(seed: int, rank: int, step: int = 0) -> int:
+    """Seed of rank ``rank``'s global RNG (dropout) in a data-parallel run: distinct per rank and per resume step."""
+    return (seed * 1_000_003 + step * 7_919 + rank + 1) % 2**63
 
 
 def _record_step(line: str) -> int:
