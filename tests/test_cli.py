@@ -5,6 +5,7 @@ import zipfile
 
 import numpy as np
 import pytest
+import torch
 
 from ddpm.cli import main
 
@@ -252,3 +253,18 @@ def test_fid_command_prints_fid_last(capsys, tmp_path, monkeypatch):
     last = out.strip().splitlines()[-1].split()
     assert last[0] == "FID" and float(last[1]) >= 0
     assert "below 10,000" in out
+
+
+def test_convert_round_trip(trained, capsys, tmp_path):
+    from ddpm.checkpoint import load_checkpoint
+
+    code, _, err = run(capsys, "convert", "--to-diffusers", str(trained), "--out", str(tmp_path / "hf"))
+    assert code == 0, err
+    assert (tmp_path / "hf" / "unet" / "config.json").is_file()
+    code, _, err = run(
+        capsys, "convert", "--from-diffusers", str(tmp_path / "hf"), "--out", str(tmp_path / "back")
+    )
+    assert code == 0, err
+    a, b = load_checkpoint(trained), load_checkpoint(tmp_path / "back")
+    assert all(torch.equal(a.ema[k], b.model[k]) for k in a.ema)
+    assert run(capsys, "convert", "--out", str(tmp_path / "x"))[0] != 0

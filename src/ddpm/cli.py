@@ -519,6 +519,23 @@ def cmd_classifier(args: argparse.Namespace) -> int:
     return _main(args.rest)
 
 
+# --------------------------------------------------------------------------- convert
+def cmd_convert(args: argparse.Namespace) -> int:
+    from .interop.diffusers import export_diffusers, import_diffusers
+
+    if bool(args.from_diffusers) == bool(args.to_diffusers):
+        raise UserError("give exactly one of --from-diffusers DIR or --to-diffusers RUN_DIR")
+    if args.from_diffusers:
+        ckpt = import_diffusers(args.from_diffusers, args.out)
+        print(
+            f"imported {args.from_diffusers} as run {args.out} ({ckpt.name}); try: ddpm sample --run {args.out}"
+        )
+    else:
+        out = export_diffusers(args.to_diffusers, args.out, ema=not args.no_ema)
+        print(f"exported {args.to_diffusers} to {out} (diffusers.DDPMPipeline.from_pretrained loads it)")
+    return 0
+
+
 # --------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     from .sampling import METHODS
@@ -670,6 +687,16 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--seed", type=int, default=0)
     _add_common(v)
     v.set_defaults(func=cmd_viz)
+
+    cv = sub.add_parser("convert", help="import/export diffusers UNet2DModel + DDPMScheduler folders")
+    cv.add_argument(
+        "--from-diffusers", metavar="DIR", help="folder with unet/ and scheduler/ as diffusers saves them"
+    )
+    cv.add_argument("--to-diffusers", metavar="RUN_DIR", help="run directory or checkpoint to export")
+    cv.add_argument("--out", required=True, help="run directory (import) or folder (export) to write")
+    cv.add_argument("--no-ema", action="store_true", help="export the raw weights instead of the EMA")
+    _add_common(cv)
+    cv.set_defaults(func=cmd_convert)
 
     c = sub.add_parser(
         "classifier", help="train or apply the evaluation classifier (train|report ...)", add_help=False
