@@ -62,6 +62,7 @@ __all__ = [
 ]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif")
+MAX_IMAGE_FILE_BYTES = 256 << 20  # larger image files (or zip members) are skipped as unreadable
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
@@ -561,10 +562,16 @@ def _decode(raw: bytes, size: int | None, crop: bool) -> tuple[np.ndarray, bool]
     """Image bytes → (uint8 [H, W, 3] RGB, was_grayscale). Raises on unreadable data."""
     from PIL import Image
 
-    with Image.open(io.BytesIO(raw)) as im:
-        im.load()
-        mode = im.mode
-        rgb = im.convert("RGB")
+    with warnings.catch_warnings():  # over Image.MAX_IMAGE_PIXELS: refuse, do not just warn and decode it
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with Image.open(io.BytesIO(raw)) as im:
+            im.load()
+            mode = im.mode
+            if mode.startswith("I;16") or mode == "I":  # 16-bit gray: convert() would clip everything at 255
+                a = np.asarray(im, dtype=np.float64)
+                rgb = Image.fromarray(np.clip(np.rint(a / 257.0), 0, 255).astype(np.uint8)).convert("RGB")
+            else:
+                rgb = im.convert("RGB")
     if size is not None and rgb.size != (size, size):
         w, h = rgb.size
         if crop and w != h:
@@ -572,7 +579,7 @@ def _decode(raw: bytes, size: int | None, crop: bool) -> tuple[np.ndarray, bool]
             rgb = rgb.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
         rgb = rgb.resize((size, size), Image.Resampling.BICUBIC)
     arr = np.asarray(rgb, dtype=np.uint8)
-    gray = mode in ("1", "L", "LA", "I", "I;16", "F")
+    gray = mode in ("1", "L", "LA", "I", "F") or mode.startswith("I;16")
     if mode == "P":  # a palette image is gray when its used colours are
         gray = bool((arr[..., 0] == arr[..., 1]).all() and (arr[..., 1] == arr[..., 2]).all())
     return arr, gray
@@ -650,11 +657,14 @@ def load_folder(
                 continue
             rel = (*base, *parts)
             try:
+                nbytes = members[rel].file_size if zf is not None else root.joinpath(*rel).stat().st_size
+                if nbytes > MAX_IMAGE_FILE_BYTES:  # e.g. a zip bomb: never inflate it into memory
+                    raise DataError(f"{nbytes >> 20} MiB, over the {MAX_IMAGE_FILE_BYTES >> 20} MiB limit")
                 raw = zf.read(members[rel]) if zf is not None else root.joinpath(*rel).read_bytes()
                 arr, gray = _decode(raw, size, crop)
             except Exception as e:  # PIL raises many types on corrupt data
                 skipped_bad += 1
-                first_bad = first_bad or f"{'/'.join(rel)} ({type(e).__name__})"
+                first_bad = first_bad or f"{'/'.join(rel)} ({type(e).__name__}: {_one_line(e)[:80]})"
                 continue
             if size is None:
                 size = min(arr.shape[:2])

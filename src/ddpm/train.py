@@ -16,6 +16,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -26,7 +27,14 @@ from torch import Tensor, nn
 
 from . import data as data_lib
 from . import distributed as dist_lib
-from .checkpoint import latest_checkpoint, load_checkpoint, load_weights_into, save_checkpoint
+from .checkpoint import (
+    CheckpointError,
+    latest_checkpoint,
+    load_checkpoint,
+    load_weights_into,
+    recover_checkpoints,
+    save_checkpoint,
+)
 from .config import Config, ConfigError, DiffusionConfig, config_to_dict
 from .diffusion import GaussianDiffusion
 from .nn.unet import UNet
@@ -44,6 +52,7 @@ __all__ = [
     "autocast_context",
     "resolve_device",
     "resolve_precision",
+    "validate_config",
 ]
 
 
@@ -71,6 +80,33 @@ def build_diffusion(cfg: DiffusionConfig) -> GaussianDiffusion:
 
 def build_model(cfg: Config) -> UNet:
     return UNet(cfg.model)
+
+
+def validate_config(cfg: Config) -> None:
+    """Refuse values a run cannot work with before anything is loaded or written (one ConfigError line each);
+    what the config dataclasses and the optimizer already check is not repeated here."""
+    tc, d = cfg.train, cfg.data
+    at_least = {
+        "train.batch_size": (tc.batch_size, 1),
+        "train.grad_accum": (tc.grad_accum, 1),
+        "train.log_every": (tc.log_every, 1),
+        "train.sample_n": (tc.sample_n, 1),
+        "train.val_batches": (tc.val_batches, 1),
+        "train.max_nonfinite": (tc.max_nonfinite, 0),
+        "train.threads": (tc.threads if tc.threads is not None else 0, 0),
+        "data.limit": (d.limit if d.limit is not None else 1, 1),
+        "data.image_size": (d.image_size if d.image_size is not None else 1, 1),
+    }
+    for key, (value, low) in at_least.items():
+        if value < low:
+            raise ConfigError(f"{key} must be at least {low}, got {value}")
+    for key, value in (("train.ema_decay", tc.ema_decay), ("train.label_dropout", tc.label_dropout)):
+        if not 0.0 <= value <= 1.0:
+            raise ConfigError(f"{key} must be in [0, 1], got {value}")
+    if not 0.0 <= d.val_fraction < 1.0:
+        raise ConfigError(f"data.val_fraction must be in [0, 1), got {d.val_fraction}")
+    if not 0 <= tc.seed < 2**62:  # torch seeds are 64-bit; seed + k must fit
+        raise ConfigError(f"train.seed must be in [0, 2**62), got {tc.seed}")
 
 
 def load_datasets(cfg: Config) -> tuple[data_lib.ImageData, data_lib.ImageData | None]:
@@ -114,8 +150,14 @@ def resolve_device(name: str = "auto") -> torch.device:
         dev = torch.device(name)
     except RuntimeError:
         raise ConfigError(f"train.device: unknown device {name!r}") from None
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"train.device: {name!r} is not supported; use auto, cpu, cuda or cuda:N")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("train.device=cuda but no CUDA device is available")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ConfigError(f"train.device={name}: there are only {torch.cuda.device_count()} CUDA devices")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("train.device=mps but MPS is not available")
     return dev
 
 
@@ -184,8 +226,11 @@ class EMA:
 def _jsonl(path: Path, record: dict[str, Any]) -> None:
     if not dist_lib.is_main():  # under torch.distributed only rank 0 writes metrics
         return
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
+    try:
+        with open(path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+    except OSError as e:  # a full disk must not end a run: metrics are best effort, checkpoints are not
+        warnings.warn(f"could not append to {path}: {e.strerror or e}", stacklevel=2)
 
 
 class Trainer:
@@ -210,6 +255,7 @@ class Trainer:
         self.log = log or (lambda s: print(s, file=sys.stderr))
         self.progress = progress
         tc = config.train
+        validate_config(config)
         if tc.threads:
             torch.set_num_threads(tc.threads)
         self.device = resolve_device(tc.device)
@@ -338,6 +384,8 @@ class Trainer:
             metrics.unlink()
 
     def _resume(self) -> None:
+        for line in recover_checkpoints(self.ckpt_dir):  # leftovers of a killed writer
+            self.log(f"checkpoints: {line}")
         path = latest_checkpoint(self.ckpt_dir)
         if path is None:
             raise ConfigError(f"nothing to resume: no checkpoint in {self.ckpt_dir}")
@@ -371,7 +419,9 @@ class Trainer:
             kept = [
                 ln for ln in metrics.read_text().splitlines() if ln.strip() and _record_step(ln) <= self.step
             ]
-            metrics.write_text("".join(ln + "\n" for ln in kept))
+            tmp = metrics.with_name(metrics.name + ".tmp")  # atomic: a kill here must not lose the history
+            tmp.write_text("".join(ln + "\n" for ln in kept))
+            os.replace(tmp, metrics)
         self.log(f"resumed {self.run_dir} at step {self.step} from {path.name}")
 
     def _restore_rng(self, st: dict[str, Any]) -> None:
@@ -437,6 +487,18 @@ class Trainer:
                 mine["cuda"] = torch.cuda.get_rng_state(self.device)
             st["rng_ranks"] = dist_lib.all_gather_objects(mine)
         return st
+
+    def _periodic_save(self) -> bool:
+        """A periodic checkpoint. Failing to write it (full disk, …) is reported and retried at the next interval
+        rather than ending the run: stopping would lose the in-memory progress too. Only the final save must
+        succeed (see ``_finish``)."""
+        try:
+            self.save()
+        except CheckpointError as e:
+            self.log(f"warning: {e}; training goes on and retries at the next checkpoint")
+            _jsonl(self.run_dir / "metrics.jsonl", {"step": self.step, "checkpoint_error": str(e)})
+            return False
+        return True
 
     def save(self) -> Path:
         """Write a checkpoint of the current step (atomically) and prune old ones.
@@ -543,7 +605,10 @@ class Trainer:
         clip = tc.grad_clip if tc.grad_clip is not None else math.inf
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
         if not (math.isfinite(total) and math.isfinite(grad_norm)):
-            self.nonfinite_in_a_row += 1
+            # fp16 with a finite loss: the gradient scaler overflowed and backs off below; that is not the model's
+            # fault, so it does not count towards max_nonfinite until the scale is down to 1.
+            overflow = self.scaler.is_enabled() and math.isfinite(total) and self.scaler.get_scale() > 1.0
+            self.nonfinite_in_a_row += 0 if overflow else 1
             self.nonfinite_total += 1
             self.optimizer.zero_grad(set_to_none=True)
             if self.scaler.is_enabled():
@@ -744,8 +809,7 @@ class Trainer:
                             bar.set_postfix(loss=f"{out['loss']:.4f}", val=f"{val:.4f}", refresh=False)
                 if tc.sample_every and self.step % tc.sample_every == 0 and self.dist.is_main:
                     self.sample_grid(self.run_dir / "samples" / f"step-{self.step:07d}.png")
-                if tc.checkpoint_every and self.step % tc.checkpoint_every == 0:
-                    self.save()
+                if tc.checkpoint_every and self.step % tc.checkpoint_every == 0 and self._periodic_save():
                     last_saved = self.step
         if bar is not None:
             bar.close()
@@ -765,7 +829,13 @@ class Trainer:
         return self._finish(last_saved)
 
     def _finish(self, last_saved: int) -> dict[str, Any]:
-        ckpt = self.save() if last_saved != self.step or self._stop_reason == "early_stopping" else None
+        try:
+            ckpt = self.save() if last_saved != self.step or self._stop_reason == "early_stopping" else None
+        except CheckpointError as e:
+            newest = latest_checkpoint(self.ckpt_dir)
+            raise TrainingError(
+                f"{e}; the newest complete checkpoint is {newest.name if newest else 'none'}"
+            ) from None
         from .viz import loss_stats, loss_stats_markdown, plot_losses, read_metrics
 
         records = read_metrics(self.run_dir / "metrics.jsonl") if self.dist.is_main else []
@@ -799,7 +869,7 @@ def _record_step(line: str) -> int:
     try:
         return int(json.loads(line).get("step", 0))
     except (json.JSONDecodeError, AttributeError, TypeError, ValueError):
-        return 0
+        return sys.maxsize  # a line cut short by a crash: dropped on resume
 
 
 def _env_int(name: str, default: int) -> int:
