@@ -766,7 +766,6 @@ def test_compiled_model_is_used_without_truth_testing(tmp_path, monkeypatch):
     assert tr.train_step() is not None
 
 
-@pytest.mark.xfail(strict=True, reason="cli.py fix pending: _train_config must also catch RecursionError")
 def test_resume_with_a_json_bomb_config_is_one_line(capsys, tmp_path):
     (tmp_path / "config.json").write_text("[" * 100_000 + "]" * 100_000)
     code, _, err = run(capsys, "train", "--out", str(tmp_path), "--resume")
@@ -780,7 +779,6 @@ def test_json_bomb_in_a_checkpoint_is_one_line(bad_run, capsys):
     assert_one_line_error(code, err, "config.json")
 
 
-@pytest.mark.xfail(strict=True, reason="cli.py fix pending: --dry-run must run ddpm.train.validate_config")
 def test_dry_run_refuses_what_a_real_run_refuses(capsys):
     code, _, err = run(capsys, "train", "--preset", "tiny", "--dry-run", "--set", "train.grad_accum=0")
     assert_one_line_error(code, err, "train.grad_accum must be at least 1")

@@ -46,7 +46,7 @@ def _train_config(args: argparse.Namespace) -> Any:
             raise UserError(f"nothing to resume: {saved} does not exist")
         try:
             cfg = config_from_dict(json.loads(saved.read_text()))
-        except json.JSONDecodeError as e:
+        except (json.JSONDecodeError, RecursionError) as e:
             raise UserError(f"{saved} is not valid JSON: {e}") from None
     else:
         if not args.preset:
@@ -82,6 +82,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cfg = _train_config(args)
     if args.dry_run:
+        from .train import resolve_device, resolve_precision, validate_config
+
+        validate_config(cfg)  # refuse what a real run would refuse
+        resolve_precision(cfg.train.precision, resolve_device(cfg.train.device))
         cfg = _dry_run_config(cfg)
         import torch
 
@@ -551,7 +555,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. train.lr=1e-4"
     )
-    t.add_argument("--max-steps", type=int)
+    t.add_argument("--max-steps", type=_positive_int)
     t.add_argument("--max-minutes", type=float)
     t.add_argument(
         "--resume", action="store_true", help="continue the run in --out from its newest checkpoint"
@@ -565,17 +569,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("sample", help="generate images from a trained run")
     _add_model_source(s)
-    s.add_argument("--n", type=int, default=64)
+    s.add_argument("--n", type=_positive_int, default=64)
     s.add_argument("--method", choices=sorted(METHODS))
     s.add_argument(
         "--steps", type=_steps, default=-1, help="sampling steps (default: the run's; 'all' for T)"
     )
-    s.add_argument("--eta", type=float, help="DDIM η (0: deterministic)")
+    s.add_argument("--eta", type=_nonnegative_float, help="DDIM η (0: deterministic)")
     s.add_argument("--spacing", help="timestep spacing: linspace, leading, trailing, quadratic, logsnr")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--batch-size", type=int)
+    s.add_argument("--seed", type=_seed, default=0)
+    s.add_argument("--batch-size", type=_positive_int)
     s.add_argument("--class", dest="class_label", help="class index (or 'all': cycle through the classes)")
-    s.add_argument("--guidance", type=float, help="classifier-free guidance scale w (0: conditional)")
+    s.add_argument("--guidance", type=_finite_float, help="classifier-free guidance scale w (0: conditional)")
     s.add_argument("--precision", default="fp32", choices=["auto", "fp32", "bf16", "fp16"])
     s.add_argument(
         "--out", help="FILE.npz (uint8 [N,H,W,C] under 'x'), FILE.png (grid) or a directory of PNGs"
@@ -607,17 +611,17 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument(
         "--images", required=True, help="FILE.npz, a folder of images, or a run directory (samples --n)"
     )
-    f.add_argument("--n", type=int, help="number of images to use (or to sample from a run)")
-    f.add_argument("--ref-n", type=int, help="number of reference images (default: all)")
+    f.add_argument("--n", type=_positive_int, help="number of images to use (or to sample from a run)")
+    f.add_argument("--ref-n", type=_positive_int, help="number of reference images (default: all)")
     f.add_argument("--data-root", help="where the reference dataset's files are")
     f.add_argument(
         "--split", default="test", choices=["train", "test"], help="reference split (default test)"
     )
     f.add_argument("--method", choices=sorted(METHODS))
     f.add_argument("--steps", type=_steps, default=-1)
-    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--seed", type=_seed, default=0)
     f.add_argument("--device", default="auto")
-    f.add_argument("--inception-batch", type=int, default=100)
+    f.add_argument("--inception-batch", type=_positive_int, default=100)
     _add_common(f)
     f.set_defaults(func=cmd_fid)
 
@@ -627,9 +631,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fr.add_argument("--data-root")
     fr.add_argument("--split", default="test", choices=["train", "test"])
-    fr.add_argument("--n", type=int)
+    fr.add_argument("--n", type=_positive_int)
     fr.add_argument("--out", help="also write the statistics (with features, for KID) to this .npz")
-    fr.add_argument("--inception-batch", type=int, default=100)
+    fr.add_argument("--inception-batch", type=_positive_int, default=100)
     _add_common(fr)
     fr.set_defaults(func=cmd_fid_ref)
 
@@ -649,7 +653,7 @@ def build_parser() -> argparse.ArgumentParser:
         "study", help="evaluate a run's checkpoints: table + plot (the seed report's Table 4)"
     )
     st.add_argument("run")
-    st.add_argument("--every", type=int, help="checkpoints whose step is a multiple of this")
+    st.add_argument("--every", type=_positive_int, help="checkpoints whose step is a multiple of this")
     st.add_argument("--checkpoints", help="comma-separated checkpoint steps (default: all, or --every)")
     st.add_argument("--out", help="output directory (default: the run)")
     _add_eval_options(st)
@@ -661,9 +665,9 @@ def build_parser() -> argparse.ArgumentParser:
     nl.add_argument("--data", help="dataset (default: the run's)")
     nl.add_argument("--data-root")
     nl.add_argument("--split", default="test", choices=["train", "test"])
-    nl.add_argument("--n", type=int, default=100)
-    nl.add_argument("--batch-size", type=int, default=50)
-    nl.add_argument("--seed", type=int, default=0)
+    nl.add_argument("--n", type=_positive_int, default=100)
+    nl.add_argument("--batch-size", type=_positive_int, default=50)
+    nl.add_argument("--seed", type=_seed, default=0)
     nl.add_argument("--no-progress", action="store_true")
     _add_common(nl)
     nl.set_defaults(func=_nll_entry)
@@ -677,14 +681,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     v.add_argument("--run")
     v.add_argument("--out", required=True, help="PNG (GIF for 'gif') to write")
-    v.add_argument("--n", type=int, default=8)
+    v.add_argument("--n", type=_positive_int, default=8)
     v.add_argument("--data", help="dataset for 'forward' without --run (default: digits)")
     v.add_argument("--data-root")
     v.add_argument("--schedule", default="linear", choices=["linear", "cosine"])
     v.add_argument("--method", choices=sorted(METHODS))
     v.add_argument("--steps", type=_steps, default=-1)
-    v.add_argument("--guidance", type=float)
-    v.add_argument("--seed", type=int, default=0)
+    v.add_argument("--guidance", type=_finite_float)
+    v.add_argument("--seed", type=_seed, default=0)
     _add_common(v)
     v.set_defaults(func=cmd_viz)
 
@@ -724,10 +728,10 @@ def _nll_entry(args: argparse.Namespace) -> int:
 def _add_eval_options(p: argparse.ArgumentParser) -> None:
     from .sampling import METHODS
 
-    p.add_argument("--n", type=int, default=1000, help="samples per evaluation")
+    p.add_argument("--n", type=_positive_int, default=1000, help="samples per evaluation")
     p.add_argument("--method", choices=sorted(METHODS))
     p.add_argument("--steps", type=_steps, default=-1)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--split", default="test", choices=["train", "test"], help="reference split for FID")
     p.add_argument("--data-root")
     p.add_argument("--classifier", help="classifier directory (default: the cached one for the dataset)")
@@ -740,6 +744,43 @@ def _add_model_source(p: argparse.ArgumentParser) -> None:
     g.add_argument("--ckpt", help="checkpoint directory (or a file in it)")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument("--device", default="auto")
+
+
+def _positive_int(value: str) -> int:
+    try:
+        v = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
+    return v
+
+
+def _finite_float(value: str) -> float:
+    try:
+        v = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {value!r}") from None
+    if v != v or v in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {value!r}")
+    return v
+
+
+def _nonnegative_float(value: str) -> float:
+    v = _finite_float(value)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected a number ≥ 0, got {value!r}")
+    return v
+
+
+def _seed(value: str) -> int:
+    try:
+        v = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer seed, got {value!r}") from None
+    if not 0 <= v < 2**62:
+        raise argparse.ArgumentTypeError(f"seed must be in [0, 2**62), got {value!r}")
+    return v
 
 
 def _steps(value: str) -> int | None:
@@ -809,9 +850,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as e:  # noqa: BLE001 - the one place that turns errors into one line
         if debug:
             raise
-        known = isinstance(e, _user_errors()) or isinstance(e, (ValueError, OSError))
+        text = str(e)
+        oom = isinstance(e, MemoryError) or (
+            isinstance(e, RuntimeError)
+            and ("can't allocate memory" in text or "out of memory" in text.lower())
+        )
+        known = oom or isinstance(e, _user_errors()) or isinstance(e, (ValueError, OSError))
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        if not known:
+        if oom:
+            msg = (
+                f"out of memory ({msg}); lower train.batch_size, data.image_size, diffusion.timesteps "
+                "or the model size"
+            )
+        elif not known:
             msg = f"internal error ({type(e).__name__}: {msg}); rerun with --debug for the traceback"
         elif isinstance(e, OSError) and not isinstance(e, FileNotFoundError) and e.filename:
             msg = f"{e.strerror or msg}: {e.filename}"
