@@ -231,6 +231,27 @@ def _jsonl(path: Path, record: dict[str, Any]) -> None:
             f.write(json.dumps(record) + "\n")
     except OSError as e:  # a full disk must not end a run: metrics are best effort, checkpoints are not
         warnings.warn(f"could not append to {path}: {e.strerror or e}", stacklevel=2)
+    tb = _tensorboard(path.parent)
+    if tb is not None and isinstance(record.get("step"), int):
+        for key, value in record.items():
+            if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
+                tb.add_scalar(key, value, record["step"])
+        tb.flush()
+
+
+_TENSORBOARD: dict[Path, Any] = {}
+
+
+def _tensorboard(run_dir: Path) -> Any:
+    """A TensorBoard ``SummaryWriter`` for the run (``run_dir/tensorboard``) when tensorboard is installed."""
+    if run_dir not in _TENSORBOARD:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            _TENSORBOARD[run_dir] = SummaryWriter(str(run_dir / "tensorboard"))
+        except ImportError:
+            _TENSORBOARD[run_dir] = None
+    return _TENSORBOARD[run_dir]
 
 
 class Trainer:
