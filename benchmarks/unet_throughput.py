@@ -11,9 +11,11 @@ batch at the same precision. For every configuration (fp32 / bf16 autocast × NC
 * training img/s: forward + MSE loss + backward + AdamW step (foreach on CPU, fused on CUDA), train mode
   (dropout 0.1 in both);
 * inference img/s: forward in eval mode under `torch.inference_mode`;
-* peak memory of both, each configuration in a fresh subprocess (CPU: the rise of the peak resident set size,
-  VmHWM after resetting it through /proc/self/clear_refs, above the RSS with the model built; CUDA:
-  `torch.cuda.max_memory_allocated` above the allocation before the step);
+* peak memory of both, each network alone in a fresh subprocess per configuration: on the CPU the peak bytes of
+  tensors alive during an inference pass / a training step (optimizer state in place), counted by a dispatch
+  mode like CUDA's `max_memory_allocated` and so independent of the allocator, plus the rise of the resident set
+  size (VmHWM after resetting it through /proc/self/clear_refs; noisy: glibc keeps freed memory); on CUDA
+  `torch.cuda.max_memory_allocated` above the allocation before the step;
 * achieved FLOP/s — the architecture's forward cost (counted with `torch.utils.flop_counter.FlopCounterMode` on
   diffusers' network: 12.1 GFLOP per 32×32 image; a training step counts 3×) times img/s — against the machine's
   matmul peak for the same dtype, measured here in the same run.
@@ -34,11 +36,12 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
@@ -126,17 +129,27 @@ def sync(device: torch.device) -> None:
 
 # ---------------------------------------------------------------------------------------------- machine
 def matmul_peak(device: torch.device, dtype: torch.dtype, n: int = 2048, reps: int = 5) -> float:
-    """Best FLOP/s of an n×n matmul (the machine's practical peak for ``dtype``)."""
+    """Best FLOP/s of an n×n×n matrix product, as ``torch.mm`` and (CPU) as a oneDNN 1×1 convolution.
+
+    On the CPU both matter: ``torch.mm`` in float32 goes to MKL (slow on non-Intel CPUs), the networks'
+    convolutions go to oneDNN; the better of the two is the machine's practical peak.
+    """
     a = torch.randn(n, n, device=device).to(dtype)
     b = torch.randn(n, n, device=device).to(dtype)
-    a @ b
+    candidates = [lambda: a @ b]
+    if device.type == "cpu":  # [16, n, h, w] channels_last ⊛ [n, n, 1, 1]: a GEMM with M = 16·h·w = n
+        x = torch.randn(16, n, 8, n // 128).to(dtype).contiguous(memory_format=torch.channels_last)
+        w = torch.randn(n, n, 1, 1).to(dtype).contiguous(memory_format=torch.channels_last)
+        candidates.append(lambda: torch.nn.functional.conv2d(x, w))
     best = float("inf")
-    for _ in range(reps):
-        sync(device)
-        t0 = time.perf_counter()
-        a @ b
-        sync(device)
-        best = min(best, time.perf_counter() - t0)
+    for fn in candidates:
+        fn()
+        for _ in range(reps):
+            sync(device)
+            t0 = time.perf_counter()
+            fn()
+            sync(device)
+            best = min(best, time.perf_counter() - t0)
     return 2 * n**3 / best
 
 
@@ -227,9 +240,41 @@ def _reset_peak_rss() -> bool:
         return False
 
 
+class LiveTensorBytes(TorchDispatchMode):
+    """Peak bytes of tensor storages alive during the block, counting those created in it (activations, saved
+    tensors, gradients, temporaries): CPU's counterpart of ``torch.cuda.max_memory_allocated``, deterministic and
+    independent of the allocator. Storages already alive on entry (weights, optimizer state) are not counted."""
+
+    def __init__(self, existing: Iterable[torch.Tensor] = ()) -> None:
+        super().__init__()
+        self.refs: dict[int, tuple[Any, int]] = {}
+        self.live = self.peak = 0
+        # views of tensors that existed before (e.g. weights unbound into taps) are not new memory
+        self.existing = {t.untyped_storage().data_ptr() for t in existing}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        from torch.multiprocessing.reductions import StorageWeakRef
+        from torch.utils._pytree import tree_leaves
+
+        out = func(*args, **(kwargs or {}))
+        for key, (ref, n) in list(self.refs.items()):
+            if ref.expired():
+                del self.refs[key]
+                self.live -= n
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                storage = t.untyped_storage()
+                key = storage.data_ptr()
+                if key and key not in self.refs and key not in self.existing:
+                    self.refs[key] = (StorageWeakRef(storage), storage.nbytes())
+                    self.live += storage.nbytes()
+        self.peak = max(self.peak, self.live)
+        return out
+
+
 def memory_worker(name: str, fmt: str, precision: str, batch: int, device: torch.device) -> dict[str, Any]:
-    """Peak memory above the built model of an inference pass, then of 2 training steps (the second with the
-    optimizer state in place); run in a fresh subprocess per configuration."""
+    """Peak memory of one inference pass and of a training step with the optimizer state in place, for one
+    network built alone in a fresh process (run as a subprocess per configuration)."""
     model = build(device, fmt, only=name)[name]  # only this network ever lived in the process
     fn, opt, b = forward_fn(name, model), make_optimizer(model, device), make_batch(batch, device, fmt)
     out: dict[str, Any] = {"model": name, "format": fmt, "precision": precision}
@@ -239,19 +284,31 @@ def memory_worker(name: str, fmt: str, precision: str, batch: int, device: torch
         torch.cuda.reset_peak_memory_stats()
         infer_step(fn, model, b, precision, device)
         out["infer_mb"] = (torch.cuda.max_memory_allocated() - base) / 2**20
+        train_step(fn, model, opt, b, precision, device)  # creates the optimizer state
+        base = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
-        for _ in range(2):
-            train_step(fn, model, opt, b, precision, device)
+        train_step(fn, model, opt, b, precision, device)
         out["train_mb"] = (torch.cuda.max_memory_allocated() - base) / 2**20
         return out
+    # Resident set size: the rise of the peak (VmHWM, reset through /proc/self/clear_refs) above the RSS before.
     base = _rss_kb("VmRSS")
     out["exact_peak"] = _reset_peak_rss()  # without it VmHWM may include the start-up's peak
     infer_step(fn, model, b, precision, device)
-    out["infer_mb"] = (_rss_kb("VmHWM") - base) / 1024
+    out["infer_rss_mb"] = (_rss_kb("VmHWM") - base) / 1024
     _reset_peak_rss()
-    for _ in range(2):
+    train_step(fn, model, opt, b, precision, device)
+
+    def existing() -> list[torch.Tensor]:
+        state = [v for st in opt.state.values() for v in st.values() if isinstance(v, torch.Tensor)]
+        return [*model.parameters(), *model.buffers(), *state, *b.values()]
+
+    with LiveTensorBytes(existing()) as live:  # the second step: optimizer state in place, tensors counted
         train_step(fn, model, opt, b, precision, device)
-    out["train_mb"] = (_rss_kb("VmHWM") - base) / 1024
+    out["train_rss_mb"] = (_rss_kb("VmHWM") - base) / 1024
+    out["train_mb"] = live.peak / 2**20
+    with LiveTensorBytes(existing()) as live:
+        infer_step(fn, model, b, precision, device)
+    out["infer_mb"] = live.peak / 2**20
     return out
 
 
@@ -276,7 +333,9 @@ def memory(args: argparse.Namespace) -> list[dict[str, Any]]:
                 if res.returncode != 0:
                     raise RuntimeError(f"memory worker failed: {res.stderr.strip().splitlines()[-1:]}")
                 data = json.loads(res.stdout.strip().splitlines()[-1])
-                row[f"{name}_train_mb"], row[f"{name}_infer_mb"] = data["train_mb"], data["infer_mb"]
+                for key in ("train_mb", "infer_mb", "train_rss_mb", "infer_rss_mb"):
+                    if key in data:
+                        row[f"{name}_{key}"] = data[key]
             print(
                 f"  memory {precision} {fmt:13s} train ours {row['ours_train_mb']:.0f} MB / diffusers "
                 f"{row['diffusers_train_mb']:.0f} MB; inference {row['ours_infer_mb']:.0f} / "
@@ -363,7 +422,8 @@ def report(result: dict[str, Any]) -> str:
     lines = [
         f"device: {result['device']}, threads: {result['threads']}, torch {result['torch']}, "
         f"diffusers {result['diffusers']}, load average {result['load_before']} → {result['load_after']}",
-        f"matmul peak: fp32 {peaks['fp32'] / 1e12:.3f} TFLOP/s, bf16 {peaks['bf16'] / 1e12:.3f} TFLOP/s",
+        f"matmul peak (best of torch.mm and a oneDNN 1×1 conv, 2048³): fp32 {peaks['fp32'] / 1e12:.3f} TFLOP/s, "
+        f"bf16 {peaks['bf16'] / 1e12:.3f} TFLOP/s",
         f"forward cost per image (FlopCounterMode): diffusers {flops['diffusers'] / 1e9:.2f} GFLOP, ours "
         f"{flops['ours'] / 1e9:.2f} GFLOP executed (nearest-upsample+conv done as a 2×2-tap transposed conv); "
         f"FLOP/s below use {nominal / 1e9:.2f} GFLOP for both (×3 for training)",
@@ -395,12 +455,26 @@ def report(result: dict[str, Any]) -> str:
         "best format of each vs best of the other: " + ", ".join(f"{k} ×{v:.2f}" for k, v in best.items())
     )
     if result.get("memory"):
-        lines += ["", f"{'peak memory above the model, MB':34s}{'ours':>8s}{'diff.':>8s}{'ratio':>8s}"]
+        cpu = "ours_train_rss_mb" in result["memory"][0]
+        what = "peak tensor memory of a step, MB" if cpu else "peak CUDA memory of a step, MB"
+        lines += [
+            "",
+            f"{what:34s}{'ours':>8s}{'diff.':>8s}{'ratio':>8s}"
+            + ("   RSS rise, MB: ours / diff. (*)" if cpu else ""),
+        ]
         for r in result["memory"]:
             for mode in ("train", "infer"):
                 o, d = r[f"ours_{mode}_mb"], r[f"diffusers_{mode}_mb"]
                 label = f"{mode} {r['precision']} {r['format']}"
-                lines.append(f"{label:34s}{o:8.0f}{d:8.0f}{o / d if d else float('nan'):8.2f}")
+                line = f"{label:34s}{o:8.0f}{d:8.0f}{o / d if d else float('nan'):8.2f}"
+                if cpu:
+                    line += f"   {r[f'ours_{mode}_rss_mb']:6.0f} / {r[f'diffusers_{mode}_rss_mb']:.0f}"
+                lines.append(line)
+        if cpu:
+            lines.append(
+                "(*) peak resident set size above the built model, from a cold process: includes one-time oneDNN "
+                "kernels and primitive caches and whatever glibc keeps; the tensor columns are the per-step measure"
+            )
     if result.get("sampling"):
         lines += ["", "sampling (extrapolated from a few timed steps per sampler; network + sampler update):"]
         for r in result["sampling"]:
@@ -462,6 +536,13 @@ def main() -> None:
         "precisions": args.precisions,
     }
     print(f"batch {args.batch}, {args.iters} interleaved repetitions, {device}", file=sys.stderr)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if device.type == "cpu" and os.getloadavg()[0] > 0.5 * cores:
+        print(
+            f"warning: load average {os.getloadavg()[0]:.1f} on {cores} cores: other processes compete for the CPU, "
+            "so absolute numbers are unreliable (ratios less so; --threads 1 suffers least)",
+            file=sys.stderr,
+        )
     result["matmul_peak"] = {
         "fp32": matmul_peak(device, torch.float32),
         "bf16": matmul_peak(device, torch.bfloat16),

@@ -9,11 +9,16 @@ How the trainer uses them (see :class:`ddpm.train.Trainer`): ``train.batch_size`
 ``B = ranks × grad_accum × micro_batch``; every rank draws the randomness of the whole global batch from the same
 seeded generator and keeps its own slice, and the data are sharded so that rank ``r`` holds global positions
 ``r, r + W, r + 2W, …`` — so W processes compute exactly the gradient one process computes for the same batch.
-Only rank 0 writes logs, samples and checkpoints; the others wait at a barrier while it checkpoints.
+Only rank 0 writes logs, samples and checkpoints; the others wait at a barrier while it checkpoints. The run
+directory must be one every rank sees (a shared filesystem across nodes): all ranks read the checkpoint on resume.
+
+    torchrun --nproc_per_node 2 -m ddpm train --preset ddpm-cifar10 --out runs/c10        # one machine, 2 GPUs
+    torchrun --nnodes 2 --node_rank R --master_addr HOST --nproc_per_node 8 -m ddpm train …  # two machines
 """
 
 from __future__ import annotations
 
+import atexit
 import datetime
 import os
 from collections.abc import Iterable, Sequence
@@ -97,6 +102,7 @@ def init_from_env(device_type: str = "cpu", timeout_minutes: float = 30.0) -> Di
             timeout=datetime.timedelta(minutes=timeout_minutes),
             **({"device_id": torch.device("cuda", local)} if device_type == "cuda" else {}),
         )
+        atexit.register(destroy)  # leave the group cleanly when the process ends (NCCL warns otherwise)
         info = DistInfo(dist.get_rank(), dist.get_world_size(), local, backend)
     if device_type == "cuda" and info.enabled:
         torch.cuda.set_device(info.local_rank)

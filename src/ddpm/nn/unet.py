@@ -40,7 +40,6 @@ __all__ = [
     "ResBlock",
     "ConvBlock",
     "AttentionBlock",
-    "GroupNorm",
     "Downsample",
     "Upsample",
 ]
@@ -331,89 +330,7 @@ def _activation(name: str) -> nn.Module:
 def _norm(cfg: UNetConfig, channels: int) -> nn.Module:
     if cfg.norm == "none":
         return nn.Identity()
-    return GroupNorm(cfg.norm_groups, channels, eps=cfg.norm_eps)
-
-
-class _GroupNormChannelsLast(torch.autograd.Function):
-    """GroupNorm of a channels_last ``[N, C, H, W]`` tensor, computed on its contiguous ``[N, H·W, C]`` view.
-
-    PyTorch's CPU kernels for channels_last GroupNorm are several times slower than its NCHW ones (the backward
-    up to 20×). This is the same function with reductions over the outer (spatial) axis, which vectorise along
-    the contiguous channels: per-channel mean and centred second moment in float32 (two passes), combined exactly
-    into group statistics (``var_g = mean_c(var_c + (mean_c − mean_g)²)``), then one fused ``x·a + b``. The
-    backward is the analytic ``dx = rstd·(g·γ − ⟨g·γ⟩ − x̂·⟨g·γ·x̂⟩)`` (⟨·⟩: mean over the group) from per-channel
-    sums of ``g`` and ``g·x``. The output has the input's dtype (statistics and arithmetic are float32).
-    """
-
-    @staticmethod
-    def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor, groups: int, eps: float) -> Tensor:
-        n, c, height, width = x.shape
-        cg = c // groups
-        with torch.autocast(x.device.type, enabled=False):
-            acc = torch.promote_types(x.dtype, torch.float32)  # float32 arithmetic (float64 stays float64)
-            xf = x.permute(0, 2, 3, 1).reshape(n, height * width, c).to(acc)  # a view for float32 input
-            mean_c = xf.mean(1)  # [N, C]
-            var_c = (xf - mean_c[:, None]).square_().mean(1)
-            mean_c3 = mean_c.view(n, groups, cg)
-            mean_g = mean_c3.mean(-1, keepdim=True)  # [N, G, 1]
-            var_g = (var_c.view(n, groups, cg) + (mean_c3 - mean_g).square()).mean(-1, keepdim=True)
-            rstd_g = torch.rsqrt(var_g + eps)
-            scale = rstd_g * weight.to(acc).view(1, groups, cg)  # [N, G, Cg]
-            a = scale.reshape(n, 1, c)
-            b = (bias.to(acc).view(1, groups, cg) - mean_g * scale).reshape(n, 1, c)
-            y = torch.addcmul(b, xf, a).to(x.dtype)
-        ctx.save_for_backward(x, weight, mean_g, rstd_g)
-        ctx.groups = groups
-        return y.view(n, height, width, c).permute(0, 3, 1, 2)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
-        x, weight, mean_g, rstd_g = ctx.saved_tensors
-        groups = ctx.groups
-        n, c, height, width = x.shape
-        cg, m = c // groups, height * width * (c // groups)
-        acc = mean_g.dtype
-        xf = x.permute(0, 2, 3, 1).reshape(n, height * width, c).to(acc)
-        gf = grad.permute(0, 2, 3, 1).reshape(n, height * width, c).to(acc)
-        s1 = gf.sum(1).view(n, groups, cg)  # Σ g per channel
-        s2 = (gf * xf).sum(1).view(n, groups, cg)  # Σ g·x per channel
-        gx_hat = (s2 - mean_g * s1) * rstd_g  # Σ g·x̂ per channel
-        gamma = weight.to(acc).view(1, groups, cg)
-        d_weight = gx_hat.sum(0).reshape(c).to(weight.dtype) if ctx.needs_input_grad[1] else None
-        d_bias = s1.sum(0).reshape(c).to(weight.dtype) if ctx.needs_input_grad[2] else None
-        d_x = None
-        if ctx.needs_input_grad[0]:
-            sum_g = (s1 * gamma).sum(-1, keepdim=True)  # Σ g·γ over the group
-            sum_gx = (gx_hat * gamma).sum(-1, keepdim=True)  # Σ g·γ·x̂ over the group
-            # dx = A·g + B·x + C with A = rstd·γ, B = −rstd²·Σgγx̂/M, C = rstd·(rstd·mean·Σgγx̂ − Σgγ)/M
-            coef_a = (rstd_g * gamma).reshape(n, 1, c)
-            coef_b = (-(rstd_g * rstd_g) * sum_gx / m).expand(n, groups, cg).reshape(n, 1, c)
-            coef_c = (rstd_g * (rstd_g * mean_g * sum_gx - sum_g) / m).expand(n, groups, cg).reshape(n, 1, c)
-            d_x = torch.addcmul(coef_c, xf, coef_b).addcmul_(gf, coef_a).to(x.dtype)
-            d_x = d_x.view(n, height, width, c).permute(0, 3, 1, 2)
-        return d_x, d_weight, d_bias, None, None
-
-
-class GroupNorm(nn.GroupNorm):
-    """``nn.GroupNorm`` (same parameters, same function) with faster CPU paths.
-
-    * channels_last inputs: :class:`_GroupNormChannelsLast`;
-    * bf16 inputs under CPU autocast: autocast would copy the input to float32 and hand float32 to everything
-      after the norm (activation, dropout, and a copy back to bf16 at the next conv, each way in the backward);
-      PyTorch's CPU kernel takes the bf16 input with float32 parameters directly, accumulating in float32, and
-      returns bf16. Statistics and arithmetic stay float32; only the output is rounded to bf16 (which the next
-      convolution does anyway).
-    """
-
-    def forward(self, x: Tensor) -> Tensor:
-        if x.device.type == "cpu" and x.dim() == 4 and self.affine:
-            if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
-                return _GroupNormChannelsLast.apply(x, self.weight, self.bias, self.num_groups, self.eps)
-            if x.dtype == torch.bfloat16 and torch.is_autocast_enabled("cpu"):
-                with torch.autocast("cpu", enabled=False):
-                    return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
-        return super().forward(x)
+    return nn.GroupNorm(cfg.norm_groups, channels, eps=cfg.norm_eps)
 
 
 class SinusoidalEmbedding(nn.Module):
@@ -574,14 +491,15 @@ class ConvBlock(nn.Module):
 def _attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     """``softmax(q kᵀ / √d) v`` over ``[N, heads, L, d]`` tensors.
 
-    On the CPU in bf16/fp16 two batched matmuls around a float32 softmax run several times faster than
-    PyTorch's flash-attention CPU kernel (≈5× forward, ≈2.5× forward+backward at L = 256, d = 256), so they are
-    used there while the L×L scores stay small; everywhere else ``F.scaled_dot_product_attention``.
+    On the CPU in bf16/fp16 two batched matmuls around a softmax (float32 arithmetic inside PyTorch's kernel,
+    output in the input dtype as the second matmul needs it) run several times faster than PyTorch's
+    flash-attention CPU kernel (≈5× forward, ≈2.5× forward+backward at L = 256, d = 256), so they are used there
+    while the L×L scores stay small; everywhere else ``F.scaled_dot_product_attention``.
     """
     if q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16) and q.shape[-2] <= 1024:
-        scores = torch.matmul(q, k.transpose(-1, -2))
-        weights = torch.softmax(scores.float() * q.shape[-1] ** -0.5, dim=-1).to(v.dtype)
-        return torch.matmul(weights, v)
+        with torch.autocast("cpu", enabled=False):  # already low precision: no float32 softmax output
+            scores = torch.matmul(q * q.shape[-1] ** -0.5, k.transpose(-1, -2))
+            return torch.matmul(scores.softmax(-1), v)
     return F.scaled_dot_product_attention(q, k, v)
 
 
@@ -674,22 +592,13 @@ class Upsample(nn.Module):
         if self.kind == "nearest_conv" and tuple(size) == (2 * x.shape[-2], 2 * x.shape[-1]):
             # Nearest ×2 then a 3×3 conv equals a 4×4 stride-2 transposed conv at the low resolution: each
             # output pixel sees 2×2 input pixels, with the 3×3 taps that land on the same one summed. 4/9 of the
-            # multiply-adds and no upsampled intermediate (about 2× faster on CPU).
+            # multiply-adds and no upsampled intermediate (about 2× faster on CPU). The kernel is derived in float32
+            # each call (~1 ms), so it follows the weights; autocast then casts it like any conv weight.
             conv = self.conv
             assert isinstance(conv, nn.Conv2d)
-            return F.conv_transpose2d(x, self._subpixel_weight(conv.weight), conv.bias, stride=2, padding=1)
+            return F.conv_transpose2d(x, _subpixel_weight(conv.weight), conv.bias, stride=2, padding=1)
         x = F.interpolate(x, size=size, mode="nearest")
         return self.conv(x) if self.conv is not None else x
-
-    def _subpixel_weight(self, weight: Tensor) -> Tensor:
-        """:func:`_subpixel_weight`, cached without autograd (sampling) until the weight changes."""
-        if torch.is_grad_enabled():
-            return _subpixel_weight(weight)
-        cached = getattr(self, "_subpixel_cache", None)
-        if cached is None or cached[0] is not weight or cached[1] != weight._version:
-            cached = (weight, weight._version, _subpixel_weight(weight.detach()))
-            self._subpixel_cache = cached
-        return cached[2]
 
 
 def _subpixel_weight(weight: Tensor) -> Tensor:
