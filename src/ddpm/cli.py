@@ -575,7 +575,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--steps", type=_steps, default=-1, help="sampling steps (default: the run's; 'all' for T)"
     )
     s.add_argument("--eta", type=_nonnegative_float, help="DDIM η (0: deterministic)")
-    s.add_argument("--spacing", help="timestep spacing: linspace, leading, trailing, quadratic, logsnr")
+    s.add_argument("--spacing", help="timestep grid: linspace, leading, trailing, quadratic, logsnr, logsnr_soft, karras")
     s.add_argument("--seed", type=_seed, default=0)
     s.add_argument("--batch-size", type=_positive_int)
     s.add_argument("--class", dest="class_label", help="class index (or 'all': cycle through the classes)")

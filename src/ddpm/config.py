@@ -119,7 +119,7 @@ class TrainConfig:
 class SampleConfig:
     """Defaults for ``ddpm sample`` and for the grids drawn during training."""
 
-    method: Literal["ddpm", "ddim", "dpmpp_2m"] = "dpmpp_2m"
+    method: Literal["ddpm", "ddim", "dpmpp_2m", "dpmpp_3m", "unipc", "heun"] = "unipc"
     steps: int | None = 20
     eta: float = 0.0
     guidance: float = 0.0
@@ -366,7 +366,7 @@ def _demo() -> Config:
             sample_n=64,
         ),
         DiffusionConfig(schedule="cosine", timesteps=1000),
-        SampleConfig(method="dpmpp_2m", steps=20),
+        SampleConfig(method="unipc", steps=20),
         image_size=16,
     )
 
@@ -392,7 +392,7 @@ def _mnist_cpu() -> Config:
             ema_decay=0.999,
         ),
         DiffusionConfig(schedule="cosine"),
-        SampleConfig(method="dpmpp_2m", steps=10),
+        SampleConfig(method="unipc", steps=10),
     )
 
 
