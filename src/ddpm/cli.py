@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import warnings
@@ -94,21 +95,26 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(json.dumps(config_to_dict(cfg), indent=2))
         print(f"parameters: {n:,}")
         return 0
+    if args.out is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise UserError("under torchrun every rank must write to the same run: pass --out RUN_DIR")
     out = (
         Path(args.out)
         if args.out
         else Path("runs") / f"{cfg.preset or 'run'}-{time.strftime('%Y%m%d-%H%M%S')}"
     )
     trainer = Trainer(cfg, out, resume=args.resume, progress=not args.no_progress)
-    n = sum(p.numel() for p in trainer.model.parameters())
-    print(
-        f"training {cfg.preset or 'run'} ({n:,} parameters, {trainer.precision}, {trainer.device}) in {out}",
-        file=sys.stderr,
-    )
+    main_rank = trainer.dist.is_main
+    if main_rank:
+        n = sum(p.numel() for p in trainer.model.parameters())
+        print(
+            f"training {cfg.preset or 'run'} ({n:,} parameters, {trainer.precision}, {trainer.device}) in {out}",
+            file=sys.stderr,
+        )
     summary = trainer.fit()
-    print(
-        f"stopped at step {summary['step']} ({summary['stop_reason']}); checkpoint: {summary['checkpoint']}"
-    )
+    if main_rank:
+        print(
+            f"stopped at step {summary['step']} ({summary['stop_reason']}); checkpoint: {summary['checkpoint']}"
+        )
     return 0
 
 
@@ -575,7 +581,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--steps", type=_steps, default=-1, help="sampling steps (default: the run's; 'all' for T)"
     )
     s.add_argument("--eta", type=_nonnegative_float, help="DDIM η (0: deterministic)")
-    s.add_argument("--spacing", help="timestep grid: linspace, leading, trailing, quadratic, logsnr, logsnr_soft, karras")
+    s.add_argument(
+        "--spacing", help="timestep grid: linspace, leading, trailing, quadratic, logsnr, logsnr_soft, karras"
+    )
     s.add_argument("--seed", type=_seed, default=0)
     s.add_argument("--batch-size", type=_positive_int)
     s.add_argument("--class", dest="class_label", help="class index (or 'all': cycle through the classes)")

@@ -147,6 +147,7 @@ class GaussianDiffusion:
             "snr": s.alphas_cumprod / (1.0 - s.alphas_cumprod),
         }
         self._device_tables: dict[torch.device, dict[str, Tensor]] = {}
+        self._device_maps: dict[torch.device, Tensor] = {}
 
     # ------------------------------------------------------------------ bookkeeping
     @property
@@ -194,6 +195,13 @@ class GaussianDiffusion:
             self._device_tables[device] = tables
         out = tables[name][t]
         return out.to(dtype).reshape(t.shape[0], *([1] * (len(shape) - 1)))
+
+    def _timesteps(self, t: Tensor) -> Tensor:
+        """The original timesteps the network is conditioned on for indices ``t`` (cached per device)."""
+        cached = self._device_maps.get(t.device)
+        if cached is None:
+            cached = self._device_maps[t.device] = self.timestep_map.to(t.device)
+        return cached[t]
 
     def _c(self, name: str, t: Tensor, x: Tensor) -> Tensor:
         dtype = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
@@ -355,7 +363,7 @@ class GaussianDiffusion:
         if noise is None:
             noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
         x_t = self.q_sample(x0, t, noise)
-        model_output = model(x_t, self.timestep_map.to(t.device)[t], **(model_kwargs or {}))
+        model_output = model(x_t, self._timesteps(t), **(model_kwargs or {}))
         mean_out, var_out = self.split_output(model_output, x_t)
         terms: dict[str, Tensor] = {}
         target = self.training_target(x0, noise, t)
@@ -420,7 +428,7 @@ class GaussianDiffusion:
             t = torch.full((n,), i, device=x0.device, dtype=torch.long)
             noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
             x_t = self.q_sample(x0, t, noise)
-            out = model(x_t, self.timestep_map.to(x0.device)[t], **(model_kwargs or {}))
+            out = model(x_t, self._timesteps(t), **(model_kwargs or {}))
             term, pred_x0 = self.vb_terms_bpd(out, x0, x_t, t, clip_denoised)
             vb.append(term)
             mse.append(mean_flat((pred_x0 - x0) ** 2))
