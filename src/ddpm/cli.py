@@ -754,14 +754,29 @@ def _add_model_source(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto")
 
 
-def _positive_int(value: str) -> int:
+def _int_in(value: str, lo: int, hi: int | None, what: str) -> int:
+    """``int(value)`` within [lo, hi) for argparse, or an ``ArgumentTypeError`` saying what was expected."""
     try:
         v = int(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
+        raise argparse.ArgumentTypeError(f"expected {what}, got {value!r}") from None
+    if v < lo or (hi is not None and v >= hi):
+        raise argparse.ArgumentTypeError(f"expected {what}, got {value!r}")
     return v
+
+
+def _positive_int(value: str) -> int:
+    return _int_in(value, 1, None, "a positive integer")
+
+
+def _seed(value: str) -> int:
+    return _int_in(value, 0, 2**62, "a seed in [0, 2**62)")
+
+
+def _steps(value: str) -> int | None:
+    if value.lower() in ("all", "none"):
+        return None
+    return _int_in(value, 1, None, "a positive integer or 'all'")
 
 
 def _finite_float(value: str) -> float:
@@ -778,28 +793,6 @@ def _nonnegative_float(value: str) -> float:
     v = _finite_float(value)
     if v < 0:
         raise argparse.ArgumentTypeError(f"expected a number ≥ 0, got {value!r}")
-    return v
-
-
-def _seed(value: str) -> int:
-    try:
-        v = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer seed, got {value!r}") from None
-    if not 0 <= v < 2**62:
-        raise argparse.ArgumentTypeError(f"seed must be in [0, 2**62), got {value!r}")
-    return v
-
-
-def _steps(value: str) -> int | None:
-    if value.lower() in ("all", "none"):
-        return None
-    try:
-        v = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer or 'all', got {value!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer or 'all', got {value!r}")
     return v
 
 
