@@ -1,6 +1,7 @@
 """Trainer: EMA arithmetic, accumulation = one large batch, exact resume, early stopping, checkpoints."""
 
 import json
+import math
 from dataclasses import replace
 
 import pytest
@@ -142,3 +143,25 @@ def test_class_conditional_training_and_label_dropout(tmp_path):
     tr.train_step()
     assert torch.all(seen[0] == 10)  # every label replaced by the null label
     assert replace(cfg.train, label_dropout=0.0).label_dropout == 0.0
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "linear"])
+def test_lr_schedule_decays_over_the_step_budget(tmp_path, schedule):
+    cfg = tiny("train.max_steps=12", "train.warmup_steps=2", f"train.lr_schedule={schedule}", "train.lr=1e-3")
+    tr = Trainer(cfg, tmp_path / "run", progress=False)
+    lrs = [1e-3 * tr._lr_factor(k) for k in range(13)]
+    assert lrs[0] == pytest.approx(5e-4) and lrs[1] == pytest.approx(1e-3)  # linear warm-up
+    p = 5 / 10  # step 7: 5 of the 10 post-warm-up steps done
+    expected = 0.5 * (1 + math.cos(math.pi * p)) if schedule == "cosine" else 1 - p
+    assert lrs[7] == pytest.approx(1e-3 * expected)
+    assert lrs[12] == pytest.approx(0.0) and all(a >= b for a, b in zip(lrs[1:-1], lrs[2:], strict=True))
+
+
+def test_lr_schedule_follows_a_time_budget(tmp_path):
+    cfg = tiny("train.max_steps=none", "train.max_minutes=10", "train.lr_schedule=linear", "train.lr=1e-3")
+    tr = Trainer(cfg, tmp_path / "run", progress=False)
+    assert tr._lr_factor(5) == 1.0
+    tr._time_progress = 0.25  # a quarter of the wall-clock budget used: the step count does not matter
+    assert tr._lr_factor(5) == pytest.approx(0.75) == tr._lr_factor(500)
+    tr._time_progress = 1.5
+    assert tr._lr_factor(5) == 0.0

@@ -85,7 +85,9 @@ class TrainConfig:
     adam_beta2: float = 0.999
     adam_eps: float = 1e-8
     warmup_steps: int = 0
-    lr_schedule: Literal["constant", "cosine"] = "constant"
+    # Decay after warm-up over the run's budget: max_steps/epochs, or train.max_minutes of wall-clock time
+    # (whichever ends first; a time budget restarts its decay when a run is resumed).
+    lr_schedule: Literal["constant", "cosine", "linear"] = "constant"
     grad_clip: float | None = 1.0
     ema_decay: float = 0.9999
     ema_warmup: bool = (
@@ -240,17 +242,23 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
 
 
 def apply_overrides(cfg: Config, overrides: Iterable[str]) -> Config:
-    """Apply ``section.key=value`` strings (e.g. ``train.lr=1e-4``, ``model.channel_mult=1,2,2``) in order."""
+    """Apply ``section.key=value`` strings (e.g. ``train.lr=1e-4``, ``model.channel_mult=1,2,2``).
+
+    Each value is checked against its field's type as it comes (a later override of the same key wins); each
+    section is then rebuilt once with all of its changes, so fields that must agree can change together
+    (``model.image_size=28 model.attention_resolutions=7``)."""
+    changes: dict[str, Any] = {}
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like section.key=value")
         path, raw = item.split("=", 1)
-        keys = path.strip().split(".")
-        cfg = _set(cfg, keys, raw.strip(), path.strip())
-    return cfg
+        path = path.strip()
+        _collect(cfg, path.split("."), raw.strip(), path, changes)
+    return _rebuild(cfg, changes, "")
 
 
-def _set(obj: Any, keys: list[str], raw: str, path: str) -> Any:
+def _collect(obj: Any, keys: list[str], raw: str, path: str, changes: dict[str, Any]) -> None:
+    """Type-check one override against ``obj`` and record it in the nested ``changes`` dict."""
     names = {f.name for f in fields(obj)}
     head = keys[0]
     if head not in names:
@@ -260,17 +268,23 @@ def _set(obj: Any, keys: list[str], raw: str, path: str) -> Any:
     if len(keys) > 1:
         if not dataclasses.is_dataclass(current):
             raise ConfigError(f"unknown config key {path!r}: {head} is not a section")
-        new = _set(current, keys[1:], raw, path)
-    else:
-        if dataclasses.is_dataclass(current):
-            raise ConfigError(
-                f"{path} is a section; set one of its keys, e.g. {path}.{fields(current)[0].name}=..."
-            )
-        new = _coerce(raw, typing.get_type_hints(type(obj))[head], path)
+        _collect(current, keys[1:], raw, path, changes.setdefault(head, {}))
+        return
+    if dataclasses.is_dataclass(current):
+        raise ConfigError(f"{path} is a section; set one of its keys, e.g. {path}.{fields(current)[0].name}=...")
+    changes[head] = (_coerce(raw, typing.get_type_hints(type(obj))[head], path),)  # a 1-tuple marks a leaf
+
+
+def _rebuild(obj: Any, changes: dict[str, Any], prefix: str) -> Any:
+    kwargs = {
+        k: v[0] if isinstance(v, tuple) else _rebuild(getattr(obj, k), v, f"{prefix}{k}.")
+        for k, v in changes.items()
+    }
     try:
-        return replace(obj, **{head: new})
+        return replace(obj, **kwargs)
     except (TypeError, ValueError) as e:
-        raise ConfigError(f"{path}: {e}") from None
+        keys = ", ".join(f"{prefix}{k}" for k, v in changes.items() if isinstance(v, tuple))
+        raise ConfigError(f"{keys or prefix.rstrip('.')}: {e}") from None
 
 
 # --------------------------------------------------------------------------- presets

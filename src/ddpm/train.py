@@ -343,6 +343,7 @@ class Trainer:
             world_size=self.dist.world_size,
         )
         self.total_steps = self._total_steps()
+        self._time_progress = 0.0  # fraction of train.max_minutes used by the running fit() (lr schedule)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.gen = torch.Generator(self.device).manual_seed(tc.seed + 1)
@@ -382,14 +383,21 @@ class Trainer:
         return max(1, min(steps))
 
     def _lr_factor(self, step: int) -> float:
+        """Linear warm-up, then the ``lr_schedule`` decay to 0 over the budget: the larger of the fraction of
+        steps done (after warm-up) and the fraction of ``max_minutes`` used by this invocation of :meth:`fit`."""
         tc = self.config.train
         if tc.warmup_steps and step < tc.warmup_steps:
             return (step + 1) / tc.warmup_steps
-        if tc.lr_schedule == "cosine" and self.total_steps < 10**9:
+        if tc.lr_schedule == "constant":
+            return 1.0
+        progress = self._time_progress
+        if self.total_steps < 10**9:
             span = max(1, self.total_steps - tc.warmup_steps)
-            progress = min(1.0, (step - tc.warmup_steps) / span)
+            progress = max(progress, (step - tc.warmup_steps) / span)
+        progress = min(1.0, progress)
+        if tc.lr_schedule == "cosine":
             return 0.5 * (1 + math.cos(math.pi * progress))
-        return 1.0
+        return 1.0 - progress
 
     def _start_fresh(self) -> None:
         if latest_checkpoint(self.ckpt_dir) is not None:
@@ -792,6 +800,8 @@ class Trainer:
             while self.step < self.total_steps:
                 if self._should_stop(deadline):
                     break
+                if tc.max_minutes:
+                    self._time_progress = (time.monotonic() - start) / (60 * tc.max_minutes)
                 out = self.train_step()
                 if out is None:
                     _jsonl(
