@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from ddpm.config import apply_overrides, get_preset  # noqa: E402
+from ddpm.data import pad_images  # noqa: E402
 from ddpm.pipeline import generate, load_model, save_images  # noqa: E402
 from ddpm.train import Trainer  # noqa: E402
 from ddpm.viz import class_grid  # noqa: E402
@@ -133,6 +134,7 @@ def main() -> None:
             "n": len(labels),
             "sample_seconds": round(time.monotonic() - t0, 1),
         }
+        images = pad_images(images, 32)  # the judge is trained on 32×32 digits; 28×28 samples get their border
         if judge is not None:
             r["agreement"] = round(agreement(judge, images, labels), 4)
             r["per_digit"] = {

@@ -230,11 +230,11 @@ def test_unknown_preset():
 
 
 def test_overrides_of_one_section_are_validated_together():
-    # attention must sit at a level resolution: 7 is one for 28×28 images, not for the preset's 32×32
+    # attention must sit at a level resolution: 14 is one for 28×28 images, not for the preset's 32×32
     with pytest.raises(ConfigError, match="attention_resolutions"):
-        apply_overrides(get_preset("mnist-cpu"), ["model.attention_resolutions=7"])
+        apply_overrides(get_preset("mnist"), ["model.attention_resolutions=14"])
     cfg = apply_overrides(
-        get_preset("mnist-cpu"),
-        ["model.attention_resolutions=7", "model.image_size=28", "train.lr=1e-3", "train.lr=3e-3"],
+        get_preset("mnist"),
+        ["model.attention_resolutions=14", "model.image_size=28", "train.lr=1e-3", "train.lr=3e-3"],
     )
-    assert (cfg.model.attention_resolutions, cfg.model.image_size, cfg.train.lr) == ((7,), 28, 3e-3)
+    assert (cfg.model.attention_resolutions, cfg.model.image_size, cfg.train.lr) == ((14,), 28, 3e-3)

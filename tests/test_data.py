@@ -557,3 +557,15 @@ def test_download_failure_is_one_line(tmp_path: Path, monkeypatch) -> None:
     with pytest.raises(D.DataError, match="could not load/download") as err:
         D.load("mnist", tmp_path, download=True)
     assert "\n" not in str(err.value) and "no network" in str(err.value)
+
+
+def test_pad_images_matches_the_padded_32px_layout():
+    from ddpm.data import pad_images
+
+    x = torch.randint(0, 256, (3, 1, 28, 28), dtype=torch.uint8)
+    y = pad_images(x, 32)
+    assert y.shape == (3, 1, 32, 32) and torch.equal(y[..., 2:30, 2:30], x)
+    assert int(y.sum()) == int(x.sum())  # the border is background (0)
+    assert pad_images(y, 32) is y or torch.equal(pad_images(y, 32), y)
+    with pytest.raises(ValueError):
+        pad_images(y, 28)

@@ -479,3 +479,57 @@ def test_multistep_gaussian_samples(method, steps, bias_tol, kind):
     )
     assert abs(x.mean().item() - MU) < 5 * S / math.sqrt(n) + 0.01 * S
     assert abs(x.var().item() - S**2) < 5 * S**2 * math.sqrt(2 / n) + bias_tol * S**2
+
+
+def test_dpmpp_2m_sde_first_order_is_ancestral():
+    """SDE-DPM-Solver++ of order 1 is DDIM with η = 1, i.e. ancestral sampling on the same grid, draw for draw."""
+    from ddpm.sampling import dpmpp_2m_sde
+
+    d = GaussianDiffusion(NoiseSchedule.cosine(1000))
+    xT = torch.randn(3, 2, 4, 4, generator=torch.Generator().manual_seed(4))
+    g = torch.Generator().manual_seed(9)
+    a = ddpm.sample(toy_model, d, None, "ddim", steps=25, eta=1.0, noise=xT, generator=g)
+    b = dpmpp_2m_sde(
+        toy_model, d, None, 25, order=1, spacing="linspace", noise=xT, generator=torch.Generator().manual_seed(9)
+    )
+    assert torch.allclose(a, b, atol=1e-5)
+    c = dpmpp_2m_sde(toy_model, d, None, 25, noise=xT, generator=torch.Generator().manual_seed(9))
+    assert not torch.allclose(a, c, atol=1e-2)  # the second-order term is there
+
+
+def _impulse_moments(monkeypatch, d, method, steps):
+    """Exact output mean and variance of a stochastic sampler with the exact model (see the ancestral test)."""
+    import ddpm.sampling as sampling
+
+    calls = []
+
+    def impulse(x, generator):
+        z = torch.zeros_like(x)
+        z[2 + len(calls)] = 1.0
+        calls.append(1)
+        return z
+
+    monkeypatch.setattr(sampling, "_randn_like", impulse)
+    noise = torch.zeros(steps + 1, 1, 1, 1)
+    noise[1] = 1.0
+    x = ddpm.sample(exact_eps(d), d, None, method, steps=steps, noise=noise, clip_denoised=False)
+    x = x.double().flatten()
+    assert len(calls) == steps - 1
+    B, A, C = x[0].item(), (x[1] - x[0]).item(), x[2:] - x[0]
+    return B, A**2 + (C**2).sum().item()
+
+
+@pytest.mark.parametrize("kind", ["linear", "cosine"])
+def test_dpmpp_2m_sde_moments_converge_faster_than_ancestral(monkeypatch, kind):
+    """On Gaussian data with the exact model the SDE solver's exact output moments approach (μ, s²) as steps grow,
+    and at every step count its variance error is below the ancestral sampler's (second order against first)."""
+    d = GaussianDiffusion(NoiseSchedule.from_name(kind, 1000))
+    errors = []
+    for steps in (10, 25, 50, 200):
+        m, v = _impulse_moments(monkeypatch, d, "dpmpp_2m_sde", steps)
+        _, v_anc = _impulse_moments(monkeypatch, d, "ddpm", steps)
+        assert abs(m - MU) < 0.01 * S, (steps, m)
+        errors.append(abs(v - S**2) / S**2)
+        assert errors[-1] < abs(v_anc - S**2) / S**2, (steps, v, v_anc)
+    assert all(b < a for a, b in zip(errors, errors[1:], strict=False)), errors
+    assert errors[-1] < 2e-3, errors

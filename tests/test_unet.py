@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -446,3 +447,20 @@ def test_config_dict_round_trip_and_lists():
         UNetConfig.from_dict({**data, "width": 3})
     with pytest.raises(TypeError):
         UNet({"base_channels": 8})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("size", [16, 15])
+def test_patch_size_is_pixel_unshuffle_around_a_patch_one_network(size):
+    """UNet(patch 2)(x) = pixel_shuffle(UNet'(pixel_unshuffle(x))) with UNet' the same weights on 4·C channels;
+    sizes not divisible by 2 are edge-padded first and cropped after."""
+    base = presets.unet_config("tiny", zero_init=False, in_channels=2, out_channels=2)  # 16 px, attention at 8
+    patched = UNet(dataclasses.replace(base, patch_size=2, attention_resolutions=(4,)))
+    inner = UNet(dataclasses.replace(base, in_channels=8, out_channels=8, image_size=8, attention_resolutions=(4,)))
+    inner.load_state_dict(patched.state_dict())
+    assert patched.config.level_resolutions == (8, 4)
+    x, t = torch.randn(3, 2, size, size), torch.tensor([0, 10, 99])
+    padded = torch.nn.functional.pad(x, (0, size % 2, 0, size % 2), mode="replicate")
+    expected = torch.nn.functional.pixel_shuffle(inner(torch.nn.functional.pixel_unshuffle(padded, 2), t), 2)
+    out = patched(x, t)
+    assert out.shape == x.shape
+    torch.testing.assert_close(out, expected[..., :size, :size])

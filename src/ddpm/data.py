@@ -54,6 +54,7 @@ __all__ = [
     "load_folder",
     "load_gaussian_blobs",
     "load_mnist",
+    "pad_images",
     "read_idx",
     "resize_images",
     "to_float",
@@ -151,6 +152,16 @@ def to_float(x: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tenso
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
     """Float in [-1, 1] (any shape) → uint8: ``round((x + 1) * 127.5)`` clamped to 0..255. Shape preserved."""
     return ((x.float() + 1.0) * 127.5).round_().clamp_(0, 255).to(torch.uint8)
+
+
+def pad_images(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Centre uint8 ``[N, C, H, W]`` images on a ``size × size`` canvas of zeros (background): native 28×28
+    MNIST samples become exactly the 32×32 images ``load("mnist")`` gives. A no-op at ``size``."""
+    h, w = images.shape[-2:]
+    if h > size or w > size:
+        raise ValueError(f"cannot pad {h}×{w} images to {size}×{size}")
+    top, left = (size - h) // 2, (size - w) // 2
+    return torch.nn.functional.pad(images, (left, size - w - left, top, size - h - top))
 
 
 def resize_images(images: torch.Tensor, size: int, mode: str = "bicubic") -> torch.Tensor:

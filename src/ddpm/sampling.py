@@ -11,6 +11,10 @@ variances (2·C channels) and classifier-free guidance (a wrapped model) work wi
 - :func:`unipc` — the same predictor with the UniPC corrector (Zhao et al. 2023): one order more, no extra
   evaluation. The most accurate per evaluation on ``benchmarks/sampler_accuracy.py``: the recommended sampler,
   at 10–20 steps.
+- :func:`dpmpp_2m_sde` — the stochastic DPM-Solver++(2M) (Lu et al. 2022, App. B "SDE-DPM-Solver++(2M)"): the
+  ancestral chain's noise at second order. For imperfect (short-trained) networks stochastic samplers correct
+  their errors where the ODE solvers carry them to the end (a 3-minute MNIST model: FID 48 here, 45 ancestral,
+  102 UniPC).
 - :func:`heun` — EDM's second-order Heun sampler (Karras et al. 2022, Algorithm 1, no churn), two evaluations a step.
 - :func:`sample` — dispatch by name, the public entry point.
 
@@ -44,6 +48,7 @@ __all__ = [
     "dpmpp",
     "dpmpp_2m",
     "dpmpp_3m",
+    "dpmpp_2m_sde",
     "unipc",
     "heun",
     "classifier_free_guidance",
@@ -385,6 +390,55 @@ def dpmpp_3m(
     return dpmpp(model, diffusion, shape, steps, order=3, **kw)
 
 
+def dpmpp_2m_sde(
+    model: ModelFn,
+    diffusion: GaussianDiffusion,
+    shape: Sequence[int] | None = None,
+    steps: int | None = 25,
+    *,
+    order: int = 2,
+    spacing: str = "logsnr_soft",
+    generator: torch.Generator | None = None,
+    noise: Tensor | None = None,
+    clip_denoised: bool = True,
+    device: Any = None,
+    intermediates: Sequence[int] | None = None,
+    progress: bool = False,
+) -> Tensor | tuple[Tensor, dict[int, Tensor]]:
+    """SDE-DPM-Solver++(2M) (Lu et al. 2022, App. B; diffusers' ``sde-dpmsolver++``, "midpoint" form) on a grid of
+    ``steps`` points, each evaluated once; the step to σ = 0 after the lowest returns x̂₀ (as DDIM does):
+
+    x_j = (σ_j/σ_i) e^{−h} x_i + α_j (1 − e^{−2h}) D + σ_j √(1 − e^{−2h}) z,   h = λ_j − λ_i,
+
+    with D = x̂₀_i (``order=1``: exactly DDIM with η = 1, i.e. the ancestral sampler on the grid) or, at order 2,
+    D = x̂₀_i + (x̂₀_i − x̂₀_k)/(2 r), r = (λ_i − λ_k)/h, from the previous evaluation k (the first step has none).
+    Keep the λ-based default grid: on time-uniform grids h/(λ_i − λ_k) grows large near t = 0 and the
+    extrapolated D inflates the variance (exact moments on Gaussian data, 10 steps: 2.8 s² on ``linspace``,
+    1.03 s² on ``logsnr_soft``; the ancestral sampler gives 0.42 s²).
+    """
+    if order not in (1, 2):
+        raise ValueError(f"order must be 1 or 2, got {order}")
+    points = _points(diffusion, steps, spacing, "x0")
+    c = _Chain(model, diffusion, points, shape, noise, generator, device, clip_denoised, intermediates)
+    x, prev = c.x, None
+    for i in _progress(reversed(range(len(points))), len(points), progress):
+        c.record(i, x)
+        x0, _ = c.predict(x, i)
+        if i == 0:
+            return c.result(x0)
+        j = i - 1
+        h = c.lam[j] - c.lam[i]
+        D = x0
+        if order == 2 and prev is not None:
+            k, x0_k = prev
+            D = x0 + (x0 - x0_k) * (h / (2 * (c.lam[i] - c.lam[k])))
+        s_i, s_j, one_minus = math.sqrt(1 - c.abar[i]), math.sqrt(1 - c.abar[j]), -math.expm1(-2 * h)
+        x = (s_j / s_i * math.exp(-h)) * x + (math.sqrt(c.abar[j]) * one_minus) * D
+        x = x + (s_j * math.sqrt(one_minus)) * _randn_like(x, generator)
+        prev = (i, x0)
+    return c.result(x)
+
+
 def unipc(
     model: ModelFn,
     diffusion: GaussianDiffusion,
@@ -458,6 +512,7 @@ METHODS: dict[str, Callable[..., Any]] = {
     "ddim": ddim,
     "dpmpp_2m": dpmpp_2m,
     "dpmpp_3m": dpmpp_3m,
+    "dpmpp_2m_sde": dpmpp_2m_sde,
     "unipc": unipc,
     "heun": heun,
 }

@@ -72,6 +72,7 @@ def unet_config_to_diffusers(config: UNetConfig) -> dict[str, Any]:
             c.attention_gate or c.input_skip or not c.input_conv
         ),
         "the output head must be GroupNorm·act·Conv3×3": c.out_norm_act and c.out_kernel_size == 3,
+        "patch_size must be 1": c.patch_size == 1,
     }
     failed = [why for why, ok in checks.items() if not ok]
     if failed:

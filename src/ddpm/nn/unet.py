@@ -83,6 +83,10 @@ class UNetConfig:
             down/upsampling instead of ``downsample`` / ``upsample``.
         num_classes: ``None`` or the number of classes; the class embedding (``num_classes + 1`` rows, the last
             one the null label of classifier-free guidance) is added to the time embedding.
+        patch_size: ``p > 1`` folds each p×p patch of pixels into channels before the input conv
+            (``pixel_unshuffle``) and unfolds the output conv's ``out_channels·p²`` channels back
+            (``pixel_shuffle``), so level 0 works at ``image_size / p`` (the patching of Hoogeboom et al. 2023,
+            "simple diffusion", §3.1, and of DiT): about p² times less computation at the finest level.
 
     Time embedding
         sinusoidal_dim: width of the sinusoidal features (``None`` → ``base_channels``).
@@ -139,6 +143,7 @@ class UNetConfig:
     use_scale_shift_norm: bool = False
     resblock_updown: bool = False
     num_classes: int | None = None
+    patch_size: int = 1
     # time embedding
     sinusoidal_dim: int | None = None
     time_flip_sin_to_cos: bool = False
@@ -185,7 +190,7 @@ class UNetConfig:
             if getattr(self, name) not in options:
                 fail(name, f"must be one of {options}")
 
-        for name in ("in_channels", "out_channels", "base_channels", "num_res_blocks", "image_size"):
+        for name in ("in_channels", "out_channels", "base_channels", "num_res_blocks", "image_size", "patch_size"):
             positive_int(name)
         for name in ("channel_mult", "mid_channel_mult"):
             mult = getattr(self, name)
@@ -268,8 +273,9 @@ class UNetConfig:
 
     @property
     def level_resolutions(self) -> tuple[int, ...]:
-        """Spatial size of each level for an ``image_size`` input (halving with ceiling)."""
-        sizes, r = [], self.image_size
+        """Spatial size of each level for an ``image_size`` input (``image_size / patch_size`` with ceiling at
+        level 0, then halving with ceiling)."""
+        sizes, r = [], -(-self.image_size // self.patch_size)
         for _ in self.channel_mult:
             sizes.append(r)
             r = -(-r // 2)
@@ -686,8 +692,9 @@ class UNet(nn.Module):
         self.act = _activation(cfg.activation)
 
         # --- encoder
-        self.conv_in = nn.Conv2d(cfg.in_channels, chs[0], 3, padding=1) if cfg.input_conv else None
-        ch = chs[0] if cfg.input_conv else cfg.in_channels
+        p2 = cfg.patch_size**2
+        self.conv_in = nn.Conv2d(cfg.in_channels * p2, chs[0], 3, padding=1) if cfg.input_conv else None
+        ch = chs[0] if cfg.input_conv else cfg.in_channels * p2
         skip_chs = [] if level_skips else [ch]
         self.down = nn.ModuleList()
         for i, out_ch in enumerate(chs):
@@ -744,9 +751,9 @@ class UNet(nn.Module):
 
         # --- output head
         self.norm_out = _norm(cfg, ch) if cfg.out_norm_act else None
-        head_in = ch + (cfg.in_channels if cfg.input_skip else 0)
+        head_in = ch + (cfg.in_channels * p2 if cfg.input_skip else 0)
         k = cfg.out_kernel_size
-        self.conv_out = nn.Conv2d(head_in, cfg.out_channels, k, padding=k // 2)
+        self.conv_out = nn.Conv2d(head_in, cfg.out_channels * p2, k, padding=k // 2)
 
         self._init_weights()
 
@@ -791,6 +798,9 @@ class UNet(nn.Module):
         """``x [N, C_in, H, W]``, ``t [N]`` (integer or float timesteps), ``y [N]`` labels → ``[N, C_out, H, W]``."""
         emb = self.embed(t, y, x.shape[0], x.dtype)
         level_emb = emb if self.config.time_conditioning == "all" else None
+        p, height, width = self.config.patch_size, x.shape[-2], x.shape[-1]
+        if p > 1:  # space-to-depth; sizes not divisible by p are padded (edge values) and cropped at the end
+            x = F.pixel_unshuffle(F.pad(x, (0, -width % p, 0, -height % p), mode="replicate"), p)
         h = self.conv_in(x) if self.conv_in is not None else x
 
         if self.config.skip_connections == "block":
@@ -835,7 +845,10 @@ class UNet(nn.Module):
             h = self.act(self.norm_out(h))
         if self.config.input_skip:
             h = torch.cat([h, x], dim=1)
-        return self.conv_out(h)
+        out = self.conv_out(h)
+        if p > 1:
+            out = F.pixel_shuffle(out, p)[..., :height, :width]
+        return out
 
     @staticmethod
     def _resample(op: nn.Module, h: Tensor, emb: Tensor | None, size: tuple[int, int] | None) -> Tensor:
