@@ -316,15 +316,12 @@ def test_gaussian_data_recovered(method, steps, bias_tol, kind):
     assert abs(x.var().item() - pv) < 5 * pv * math.sqrt(2 / n)
 
 
-@pytest.mark.parametrize("kind", ["linear", "cosine"])
-def test_ancestral_moments_are_exact(monkeypatch, kind):
-    """The ancestral output is A x_T + B + Σ_k C_k z_k with the exact model: unit impulses in x_T and in each z_k
-    (one batch row each) give A, B and every C_k, hence the exact output moments (B, A² + Σ C_k²) of the
-    implementation. They must equal the independent derivation `predicted_moments` and converge to the data's:
-    with σ² = β̃ the variance deficit shrinks like 1/steps (58 %, 21 %, 7 %, 1.5 % on the linear schedule)."""
+def _impulse_moments(monkeypatch, d, method, steps):
+    """Exact output mean and variance of a stochastic sampler with the exact model of Gaussian data: its output is
+    A x_T + B + Σ_k C_k z_k, so unit impulses in x_T and in each z_k (one batch row each: x_T = 0, x_T = 1, then
+    one per injected z, steps − 1 of them) give A, B and every C_k, hence the moments (B, A² + Σ C_k²)."""
     import ddpm.sampling as sampling
 
-    d = GaussianDiffusion(NoiseSchedule.from_name(kind, 1000))
     calls = []
 
     def impulse(x, generator):
@@ -334,16 +331,25 @@ def test_ancestral_moments_are_exact(monkeypatch, kind):
         return z
 
     monkeypatch.setattr(sampling, "_randn_like", impulse)
+    noise = torch.zeros(steps + 1, 1, 1, 1)
+    noise[1] = 1.0
+    x = ddpm.sample(exact_eps(d), d, None, method, steps=steps, noise=noise, clip_denoised=False)
+    x = x.double().flatten()
+    assert len(calls) == steps - 1
+    B, A, C = x[0].item(), (x[1] - x[0]).item(), x[2:] - x[0]
+    return B, A**2 + (C**2).sum().item()
+
+
+@pytest.mark.parametrize("kind", ["linear", "cosine"])
+def test_ancestral_moments_are_exact(monkeypatch, kind):
+    """The ancestral output is A x_T + B + Σ_k C_k z_k with the exact model: unit impulses in x_T and in each z_k
+    (one batch row each) give A, B and every C_k, hence the exact output moments (B, A² + Σ C_k²) of the
+    implementation. They must equal the independent derivation `predicted_moments` and converge to the data's:
+    with σ² = β̃ the variance deficit shrinks like 1/steps (58 %, 21 %, 7 %, 1.5 % on the linear schedule)."""
+    d = GaussianDiffusion(NoiseSchedule.from_name(kind, 1000))
     deficits = []
     for steps in (10, 50, 200, 1000):
-        calls.clear()
-        noise = torch.zeros(steps + 1, 1, 1, 1)  # rows: x_T = 0, x_T = 1, then one per injected z (steps − 1)
-        noise[1] = 1.0
-        x = ddpm.sample(exact_eps(d), d, None, "ddpm", steps=steps, noise=noise, clip_denoised=False)
-        x = x.double().flatten()
-        assert len(calls) == steps - 1
-        B, A, C = x[0].item(), (x[1] - x[0]).item(), x[2:] - x[0]
-        var = A**2 + (C**2).sum().item()
+        B, var = _impulse_moments(monkeypatch, d, "ddpm", steps)
         pm, pv = predicted_moments(d, "ddpm", steps)
         assert abs(B - pm) < 1e-5 and abs(var - pv) < 1e-5, (steps, B, pm, var, pv)
         assert abs(B - MU) < 0.01 * S
@@ -495,28 +501,6 @@ def test_dpmpp_2m_sde_first_order_is_ancestral():
     assert torch.allclose(a, b, atol=1e-5)
     c = dpmpp_2m_sde(toy_model, d, None, 25, noise=xT, generator=torch.Generator().manual_seed(9))
     assert not torch.allclose(a, c, atol=1e-2)  # the second-order term is there
-
-
-def _impulse_moments(monkeypatch, d, method, steps):
-    """Exact output mean and variance of a stochastic sampler with the exact model (see the ancestral test)."""
-    import ddpm.sampling as sampling
-
-    calls = []
-
-    def impulse(x, generator):
-        z = torch.zeros_like(x)
-        z[2 + len(calls)] = 1.0
-        calls.append(1)
-        return z
-
-    monkeypatch.setattr(sampling, "_randn_like", impulse)
-    noise = torch.zeros(steps + 1, 1, 1, 1)
-    noise[1] = 1.0
-    x = ddpm.sample(exact_eps(d), d, None, method, steps=steps, noise=noise, clip_denoised=False)
-    x = x.double().flatten()
-    assert len(calls) == steps - 1
-    B, A, C = x[0].item(), (x[1] - x[0]).item(), x[2:] - x[0]
-    return B, A**2 + (C**2).sum().item()
 
 
 @pytest.mark.parametrize("kind", ["linear", "cosine"])
