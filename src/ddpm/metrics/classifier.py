@@ -38,7 +38,7 @@ Train the default classifiers once (MNIST falls back to a seeded 8k/2k split of 
 the 60k train split is absent)::
 
     python -m ddpm.metrics.classifier train --dataset mnist --max-minutes 3
-    python -m ddpm.metrics.classifier train --dataset cifar10 --data-root cifar10-jpeg.zip --max-minutes 8
+    python -m ddpm.metrics.classifier train --dataset cifar10 --data-root cifar10-jpeg.zip --max-minutes 10
     python -m ddpm.metrics.classifier report --dataset cifar10 --images samples.npz
 """
 
