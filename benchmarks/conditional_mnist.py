@@ -69,7 +69,7 @@ def main() -> None:
     ap.add_argument("--data-root", default=str(ROOT.parent / "shared" / "data" / "mnist"))
     ap.add_argument("--run", default="runs/conditional-mnist")
     ap.add_argument("--preset", default="mnist-cond")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE")
     ap.add_argument("--skip-train", action="store_true", help="evaluate the newest checkpoint of --run")
     ap.add_argument("--method", default=None, help="sampler (default: the preset's)")
     ap.add_argument("--steps", type=int, default=None, help="sampler steps (default: the preset's)")

@@ -38,7 +38,7 @@ def main() -> None:
     ap.add_argument("--data-root", default=str(ROOT.parent / "shared" / "data" / "mnist"))
     ap.add_argument("--run", default="runs/mnist-budget")
     ap.add_argument("--preset", default="mnist-cpu")
-    ap.add_argument("--set", action="append", default=[])
+    ap.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE")
     ap.add_argument("--skip-train", action="store_true")
     ap.add_argument("--method", default=None)
     ap.add_argument("--steps", type=int, default=None)

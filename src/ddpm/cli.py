@@ -267,9 +267,7 @@ def cmd_fid(args: argparse.Namespace) -> int:
     from .metrics import fid as fid_lib
 
     images = _images_for_metrics(args)
-    extractor = fid_lib.InceptionFeatures(
-        device=args.device if args.device != "auto" else "cpu", batch_size=args.inception_batch
-    )
+    extractor = _inception(args, device=args.device if args.device != "auto" else "cpu")
     fake = fid_lib.compute_stats(images, extractor, keep_features=True)
     ref = _reference(args, extractor)
     n = fake.n
@@ -318,12 +316,28 @@ def _reference(args: argparse.Namespace, extractor: Any) -> Any:
     )
 
 
+def _inception(args: argparse.Namespace, device: str | None = None) -> Any:
+    """The FID network as ``--inception-batch`` / ``--inception-precision`` ask (None under ``--no-fid``)."""
+    if getattr(args, "no_fid", False):
+        return None
+    from .metrics import fid as fid_lib
+
+    return fid_lib.InceptionFeatures(
+        device=device, batch_size=args.inception_batch, bf16=args.inception_precision == "bf16"
+    )
+
+
 def cmd_fid_ref(args: argparse.Namespace) -> int:
     from .metrics import fid as fid_lib
 
-    extractor = fid_lib.InceptionFeatures(batch_size=args.inception_batch)
+    extractor = _inception(args)
     stats = fid_lib.reference_stats(
-        args.name, root=args.data_root, split=args.split, n=args.n, extractor=extractor
+        args.name,
+        root=args.data_root,
+        split=args.split,
+        n=args.n,
+        extractor=extractor,
+        keep_features=bool(args.out),  # the written file carries them, for KID
     )
     if args.out:
         stats.save(args.out, features=True)
@@ -350,6 +364,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         data_root=args.data_root,
         classifier=args.classifier,
         fid=not args.no_fid,
+        extractor=_inception(args),
         progress=not args.no_progress,
     )
     run = Path(args.run)
@@ -395,6 +410,7 @@ def cmd_study(args: argparse.Namespace) -> int:
         data_root=args.data_root,
         classifier=args.classifier,
         fid=not args.no_fid,
+        extractor=_inception(args),
     )
     print(markdown_table(rows, [k for k in STUDY_KEYS if any(k in r for r in rows)]))
     print(f"wrote study.md, study.csv and study.png to {args.out or args.run}")
@@ -559,7 +575,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--data-root", help="directory (or .zip) holding the dataset files")
     t.add_argument("--out", help="run directory (default runs/PRESET-TIME)")
     t.add_argument(
-        "--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. train.lr=1e-4"
+        "--set",
+        action="extend",
+        nargs="+",
+        metavar="KEY=VALUE",
+        help="override config keys, e.g. --set train.lr=1e-4 train.ema_decay=0.999 (repeatable)",
     )
     t.add_argument("--max-steps", type=_positive_int)
     t.add_argument("--max-minutes", type=float)
@@ -598,7 +618,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="train on bundled digits, sample, and draw figures (a few CPU-minutes)")
     d.add_argument("--out", default="runs/demo")
-    d.add_argument("--set", action="append", metavar="KEY=VALUE")
+    d.add_argument("--set", action="extend", nargs="+", metavar="KEY=VALUE")
     d.add_argument("--no-progress", action="store_true")
     _add_common(d)
     d.set_defaults(func=cmd_demo)
@@ -629,7 +649,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--steps", type=_steps, default=-1)
     f.add_argument("--seed", type=_seed, default=0)
     f.add_argument("--device", default="auto")
-    f.add_argument("--inception-batch", type=_positive_int, default=100)
+    _add_inception_options(f)
     _add_common(f)
     f.set_defaults(func=cmd_fid)
 
@@ -641,7 +661,7 @@ def build_parser() -> argparse.ArgumentParser:
     fr.add_argument("--split", default="test", choices=["train", "test"])
     fr.add_argument("--n", type=_positive_int)
     fr.add_argument("--out", help="also write the statistics (with features, for KID) to this .npz")
-    fr.add_argument("--inception-batch", type=_positive_int, default=100)
+    _add_inception_options(fr)
     _add_common(fr)
     fr.set_defaults(func=cmd_fid_ref)
 
@@ -744,6 +764,17 @@ def _add_eval_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-root")
     p.add_argument("--classifier", help="classifier directory (default: the cached one for the dataset)")
     p.add_argument("--no-fid", action="store_true")
+    _add_inception_options(p)
+
+
+def _add_inception_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--inception-batch", type=_positive_int, default=100, help="images per Inception pass")
+    p.add_argument(
+        "--inception-precision",
+        default="fp32",
+        choices=["fp32", "bf16"],
+        help="bf16 autocast: ~1.7x faster on a CPU with bf16 units; figures move slightly (cached apart)",
+    )
 
 
 def _add_model_source(p: argparse.ArgumentParser) -> None:

@@ -113,10 +113,12 @@ def progressive_study(
     n: int = 500,
     out_dir: str | Path | None = None,
     sample_steps: int | None = -1,
+    extractor: Any = None,
     **eval_kw: Any,
 ) -> list[dict[str, Any]]:
     """Evaluate a run's checkpoints (all, every ``every`` steps, or the listed ``steps``) like the seed report's
-    Table 4; writes ``study.md``, ``study.csv`` and ``study.png`` to ``out_dir`` (default: the run directory)."""
+    Table 4; writes ``study.md``, ``study.csv`` and ``study.png`` to ``out_dir`` (default: the run directory).
+    ``extractor``: the FID network used for every checkpoint (default: an fp32 ``InceptionFeatures``)."""
     from ..viz import csv_table, markdown_table, plot_metric_table
 
     run = Path(run)
@@ -134,8 +136,7 @@ def progressive_study(
         chosen = [s for s in chosen if s % every == 0] or chosen[-1:]
     val = _val_loss_by_step(run)
     rows = []
-    extractor = None
-    if eval_kw.get("fid", True):
+    if extractor is None and eval_kw.get("fid", True):  # one network for every checkpoint
         from . import fid as fid_lib
 
         extractor = fid_lib.InceptionFeatures()
