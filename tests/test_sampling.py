@@ -496,7 +496,14 @@ def test_dpmpp_2m_sde_first_order_is_ancestral():
     g = torch.Generator().manual_seed(9)
     a = ddpm.sample(toy_model, d, None, "ddim", steps=25, eta=1.0, noise=xT, generator=g)
     b = dpmpp_2m_sde(
-        toy_model, d, None, 25, order=1, spacing="linspace", noise=xT, generator=torch.Generator().manual_seed(9)
+        toy_model,
+        d,
+        None,
+        25,
+        order=1,
+        spacing="linspace",
+        noise=xT,
+        generator=torch.Generator().manual_seed(9),
     )
     assert torch.allclose(a, b, atol=1e-5)
     c = dpmpp_2m_sde(toy_model, d, None, 25, noise=xT, generator=torch.Generator().manual_seed(9))
@@ -517,3 +524,32 @@ def test_dpmpp_2m_sde_moments_converge_faster_than_ancestral(monkeypatch, kind):
         assert errors[-1] < abs(v_anc - S**2) / S**2, (steps, v, v_anc)
     assert all(b < a for a, b in zip(errors, errors[1:], strict=False)), errors
     assert errors[-1] < 2e-3, errors
+
+
+@pytest.mark.parametrize("T", [50, 100, 1000, 4000])
+def test_every_step_count_gives_that_many_increasing_timesteps(T):
+    """Every n in 1…T and every spacing: exactly n timesteps, strictly increasing, within [0, T−1] (a float
+    ``arange`` once gave ``trailing`` n + 1 points starting at −1 for 62 of the n at T = 1000)."""
+    schedule = NoiseSchedule.cosine(T)
+    for spacing in SPACINGS:
+        for n in range(1, T + 1):
+            grid = timestep_grid(T, n, spacing, schedule)
+            ok = len(grid) == n and grid[0] >= 0 and grid[-1] <= T - 1
+            assert ok and all(a < b for a, b in zip(grid, grid[1:], strict=False)), (
+                spacing,
+                n,
+                grid[:3],
+                grid[-3:],
+            )
+
+
+def test_trailing_grid_at_the_step_counts_that_used_to_overshoot():
+    """``trailing`` is diffusers' T − k·T/n − 1 (rounded) for every k < n, ending at T − 1; sampling works at n = 61."""
+    for n in (61, 103, 121, 122, 201):
+        expected = sorted(round(1000 - k * (1000 / n)) - 1 for k in range(n))
+        assert timestep_grid(1000, n, "trailing") == expected and expected[-1] == 999
+    d = GaussianDiffusion(NoiseSchedule.linear(1000))
+    x = ddpm.sample(
+        lambda x, t: torch.zeros_like(x), d, (2, 1, 2, 2), method="ddim", steps=61, spacing="trailing"
+    )
+    assert x.shape == (2, 1, 2, 2) and torch.isfinite(x).all()

@@ -99,7 +99,10 @@ def timestep_grid(
     elif spacing == "leading":
         grid = torch.arange(steps, dtype=torch.long) * (T // steps)
     elif spacing == "trailing":
-        grid = (torch.arange(T, 0, -T / steps, dtype=torch.float64).round().long() - 1).flip(0)
+        # T − k·(T/steps) for k < steps, as diffusers computes it, but from integer k: a float arange with step
+        # −T/steps can overshoot by one point (n + 1 timesteps, the first −1) for some n.
+        k = torch.arange(steps, dtype=torch.float64)
+        grid = ((T - k * (T / steps)).round().long() - 1).flip(0)
     elif spacing == "quadratic":
         grid = (torch.linspace(0, (0.8 * T) ** 0.5, steps, dtype=torch.float64) ** 2).round().long()
     elif spacing in ("logsnr", "logsnr_soft"):
@@ -116,18 +119,22 @@ def timestep_grid(
     else:
         raise ValueError(f"unknown timestep spacing {spacing!r}; choose one of {', '.join(SPACINGS)}")
     grid = grid.sort().values
-    out: list[int] = []
-    for v in grid.tolist():
-        out.append(max(int(v), out[-1] + 1) if out else int(v))
-    # Pushing repeats up cannot pass T−1 when steps ≤ T, but pull the tail back if it did.
-    for k in range(len(out) - 1, -1, -1):
-        out[k] = min(out[k], T - 1 - (len(out) - 1 - k))
-    return out
+    # Push repeats up: out_k = max(v_k, out_{k−1} + 1), i.e. out_k − k = cummax(v_k − k); then pull the tail back
+    # below T − 1 (out_k ≤ T − steps + k). Both keep the grid strictly increasing.
+    k = torch.arange(steps, dtype=torch.long)
+    out = torch.cummax(grid - k, dim=0).values + k
+    return torch.minimum(out, T - steps + k).tolist()
 
 
 def _nearest(table: Tensor, values: Tensor) -> Tensor:
-    """Index of the entry of ``table`` nearest to each of ``values``."""
-    return (table[None, :] - values[:, None]).abs().argmin(dim=1)
+    """Index of the entry of the decreasing ``table`` nearest to each of ``values`` (ties: the lower index)."""
+    asc = table.flip(0)  # increasing
+    hi = torch.searchsorted(asc, values).clamp(1, len(asc) - 1)
+    lo = hi - 1
+    # asc[hi] is the nearer one only when strictly nearer: as an index of ``table`` it is the lower one, so ties
+    # (equal distances) go to it too.
+    pick = torch.where((asc[hi] - values).abs() <= (values - asc[lo]).abs(), hi, lo)
+    return len(asc) - 1 - pick
 
 
 def _init(
