@@ -238,3 +238,64 @@ def test_overrides_of_one_section_are_validated_together():
         ["model.attention_resolutions=14", "model.image_size=28", "train.lr=1e-3", "train.lr=3e-3"],
     )
     assert (cfg.model.attention_resolutions, cfg.model.image_size, cfg.train.lr) == ((14,), 28, 3e-3)
+
+
+# Ho et al. 2020, "Denoising Diffusion Probabilistic Models", CIFAR-10: every hyper-parameter with where it is
+# stated. "§4" and "App. B" are the paper; "run_cifar.py" is the defaults of train() in their released
+# scripts/run_cifar.py (hojonathanho/diffusion), which the paper defers to for what it does not print.
+HO_ET_AL_CIFAR10 = {
+    "diffusion.timesteps": (1000, "§4: T = 1000"),
+    "diffusion.schedule": ("linear", "§4: β increasing linearly"),
+    "diffusion.beta_start": (1e-4, "§4: from β1 = 10⁻⁴"),
+    "diffusion.beta_end": (0.02, "§4: to βT = 0.02"),
+    "diffusion.prediction": ("eps", "§3.2 eq. 11: the ε-parameterisation"),
+    "diffusion.loss": ("mse", "§3.4 eq. 14: L_simple"),
+    "diffusion.weighting": ("none", "eq. 14: unweighted"),
+    "diffusion.timestep_sampler": ("uniform", "Algorithm 1: t ~ Uniform({1, …, T})"),
+    "diffusion.variance": ("fixed_large", "§3.2 σ²_t = β_t; run_cifar.py model_var_type='fixedlarge'"),
+    "train.batch_size": (128, "App. B: batch size 128 for CIFAR-10"),
+    "train.lr": (2e-4, "App. B: learning rate 2 × 10⁻⁴"),
+    "train.weight_decay": (0.0, "run_cifar.py optimizer='adam' (no weight decay)"),
+    "train.adam_beta1": (0.9, "run_cifar.py: tf.train.AdamOptimizer defaults"),
+    "train.adam_beta2": (0.999, "run_cifar.py: tf.train.AdamOptimizer defaults"),
+    "train.adam_eps": (1e-8, "run_cifar.py: tf.train.AdamOptimizer defaults"),
+    "train.warmup_steps": (5000, "run_cifar.py warmup=5000"),
+    "train.lr_schedule": ("constant", "run_cifar.py: constant after the warm-up"),
+    "train.grad_clip": (1.0, "run_cifar.py grad_clip=1."),
+    "train.ema_decay": (0.9999, "App. B: EMA decay factor 0.9999"),
+    "train.ema_warmup": (False, "App. B: a constant decay (no num_updates warm-up)"),
+    "train.max_steps": (800_000, "App. B: 800k steps on CIFAR-10"),
+    "train.label_dropout": (0.1, "unused: unconditional"),
+    "data.name": ("cifar10", "§4"),
+    "data.image_size": (32, "§4: 32 × 32"),
+    "data.flip": (True, "App. B: random horizontal flips for CIFAR-10"),
+    "model.base_channels": (128, "App. B / run_cifar.py ch=128"),
+    "model.channel_mult": ((1, 2, 2, 2), "run_cifar.py ch_mult=(1, 2, 2, 2): four resolutions 32…4"),
+    "model.num_res_blocks": (2, "App. B: two convolutional residual blocks per resolution"),
+    "model.attention_resolutions": ((16,), "App. B: self-attention at the 16 × 16 resolution"),
+    "model.dropout": (0.1, "App. B: dropout 0.1 on CIFAR-10"),
+    "model.num_classes": (None, "unconditional"),
+    "sample.method": ("ddpm", "Algorithm 2: ancestral sampling"),
+    "sample.steps": (None, "Algorithm 2: all T steps"),
+    "sample.clip_denoised": (True, "run_cifar.py samples with clip_denoised=True"),
+}
+
+
+def test_cifar10_ddpm_is_ho_et_al_exactly():
+    cfg = get_preset("cifar10-ddpm")
+    for key, (value, source) in HO_ET_AL_CIFAR10.items():
+        section, name = key.split(".")
+        got = getattr(getattr(cfg, section), name)
+        assert got == value, f"{key} = {got!r}, but Ho et al. use {value!r} ({source})"
+    assert _meta_params(cfg.model) == 35_746_307  # App. B: 35.7M parameters
+    assert config_from_dict(config_to_dict(cfg)) == cfg
+
+
+def test_learned_range_with_plain_mse_is_refused(capsys):
+    """L_simple does not reach Σ: learned_range must be trained with L_vlb (hybrid or vlb)."""
+    code = main(["train", "--preset", "tiny", "--dry-run", "--set", "diffusion.variance=learned_range"])
+    err = capsys.readouterr().err.strip()
+    assert code != 0 and len(err.splitlines()) == 1 and "diffusion.loss=hybrid" in err
+    for loss in ("hybrid", "vlb"):
+        overrides = ["diffusion.variance=learned_range", f"diffusion.loss={loss}", "model.out_channels=2"]
+        assert main(["train", "--preset", "tiny", "--dry-run", "--set", *overrides]) == 0

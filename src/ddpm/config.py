@@ -271,7 +271,9 @@ def _collect(obj: Any, keys: list[str], raw: str, path: str, changes: dict[str, 
         _collect(current, keys[1:], raw, path, changes.setdefault(head, {}))
         return
     if dataclasses.is_dataclass(current):
-        raise ConfigError(f"{path} is a section; set one of its keys, e.g. {path}.{fields(current)[0].name}=...")
+        raise ConfigError(
+            f"{path} is a section; set one of its keys, e.g. {path}.{fields(current)[0].name}=..."
+        )
     changes[head] = (_coerce(raw, typing.get_type_hints(type(obj))[head], path),)  # a 1-tuple marks a leaf
 
 
@@ -432,8 +434,10 @@ def _mnist() -> Config:
 
 @_preset(
     "cifar10-ddpm",
-    "Ho et al. 2020 CIFAR-10: 35.7M U-Net, linear T=1000, batch 128, Adam 2e-4 with 5k warm-up, "
-    "grad clip 1, dropout 0.1, EMA 0.9999, random flips, 800k steps.",
+    "Ho et al. 2020 CIFAR-10 (§4, App. B and their scripts/run_cifar.py): 35.7M U-Net, linear β 1e-4..0.02, "
+    "T=1000, ε-prediction with L_simple, σ²=β (fixedlarge), batch 128, Adam 2e-4 with 5k linear warm-up then "
+    "constant, grad clip 1, dropout 0.1, constant EMA 0.9999 (no warm-up), random flips, 800k steps; all T "
+    "ancestral steps with x̂₀ clipped.",
 )
 def _cifar10_ddpm() -> Config:
     return _cfg(
@@ -445,12 +449,16 @@ def _cifar10_ddpm() -> Config:
             warmup_steps=5000,
             grad_clip=1.0,
             ema_decay=0.9999,
+            ema_warmup=False,
             max_steps=800_000,
             checkpoint_every=10_000,
             sample_every=10_000,
             log_every=100,
         ),
-        sample=SampleConfig(method="ddpm", steps=None),
+        DiffusionConfig(
+            schedule="linear", timesteps=1000, beta_start=1e-4, beta_end=0.02, variance="fixed_large"
+        ),
+        SampleConfig(method="ddpm", steps=None),
     )
 
 

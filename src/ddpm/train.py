@@ -107,6 +107,14 @@ def validate_config(cfg: Config) -> None:
         raise ConfigError(f"data.val_fraction must be in [0, 1), got {d.val_fraction}")
     if not 0 <= tc.seed < 2**62:  # torch seeds are 64-bit; seed + k must fit
         raise ConfigError(f"train.seed must be in [0, 2**62), got {tc.seed}")
+    dc = cfg.diffusion
+    if dc.variance == "learned_range" and dc.loss == "mse":
+        # L_simple does not depend on Σ: the variance channels would get no gradient and sampling would use an
+        # untrained Σ. Improved DDPM (Nichol & Dhariwal 2021 §3.1) trains Σ with L_vlb (eq. 16: L_hybrid).
+        raise ConfigError(
+            "diffusion.variance=learned_range needs diffusion.loss=hybrid (or vlb): with loss=mse the variance "
+            "is never trained"
+        )
 
 
 def load_datasets(cfg: Config) -> tuple[data_lib.ImageData, data_lib.ImageData | None]:
