@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -19,6 +20,9 @@ from typing import Any, NoReturn
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
+EXIT_BROKEN_PIPE = 128 + 13  # what a Unix tool killed by SIGPIPE returns (`ddpm … | head`)
+# Fewest training steps after which the demo preset draws recognisable digits (measured: see the README).
+DEMO_MIN_STEPS = 400
 
 
 class UserError(Exception):
@@ -27,7 +31,8 @@ class UserError(Exception):
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:  # one line instead of usage + message
-        raise UserError(f"{self.prog}: {message} (see {self.prog} --help)")
+        command = self.prog.partition(" ")[2]  # "ddpm train" → "train"; main adds the "ddpm: error:" prefix
+        raise UserError(f"{command + ': ' if command else ''}{message} (see {self.prog} --help)")
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -251,10 +256,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     grid = save_images(images, out / "samples.png")
     save_images(images, out / "samples.npz")
     dt = time.monotonic() - t0
-    print(
-        f"demo finished in {dt / 60:.1f} min ({summary['step']} steps, final loss "
-        f"{summary['train_loss'].get('final', float('nan')):.4f})"
-    )
+    final = summary["train_loss"].get("final")  # the last finite logged loss
+    loss = f"final loss {final:.4f}" if final is not None else "no finite training loss was logged"
+    print(f"demo finished in {dt / 60:.1f} min ({summary['step']} steps, {loss})")
+    if summary["step"] < DEMO_MIN_STEPS:
+        print(
+            f"warning: only {summary['step']} training steps ran (the demo needs about {DEMO_MIN_STEPS} to draw "
+            f"digits), so these samples are mostly noise. The machine was probably busy: rerun it when it is "
+            f"quieter, or give it more time: ddpm demo --out {out}-longer --set train.max_minutes="
+            f"{math.ceil(cfg.train.max_minutes * DEMO_MIN_STEPS / max(summary['step'], 1))}"
+        )
     print(f"  samples:         {grid}")
     print(f"  forward process: {strip}")
     print(f"  loss curve:      {out / 'loss_curve.png'}")
@@ -608,7 +619,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=_positive_int)
     s.add_argument("--class", dest="class_label", help="class index (or 'all': cycle through the classes)")
     s.add_argument("--guidance", type=_finite_float, help="classifier-free guidance scale w (0: conditional)")
-    s.add_argument("--precision", default="fp32", choices=["auto", "fp32", "bf16", "fp16"])
+    s.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16", "fp16"],
+        help="network precision (default: the run's train.precision; auto = bf16 where the hardware has it)",
+    )
     s.add_argument(
         "--out", help="FILE.npz (uint8 [N,H,W,C] under 'x'), FILE.png (grid) or a directory of PNGs"
     )
@@ -873,7 +888,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             warnings.simplefilter("default")
             warnings.formatwarning = lambda m, c, f, l, line=None: f"ddpm: warning: {m}\n"  # noqa: E731
         func: Callable[[argparse.Namespace], int] = args.func
-        return func(args)
+        code = func(args)
+        sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+        return code
+    except BrokenPipeError:  # the reader went away (`ddpm … | head`): stop quietly, as Unix tools do
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())  # Python's own flush at exit must not complain either
+            os.close(devnull)
+        except (OSError, ValueError, AttributeError):  # stdout without a file descriptor (captured)
+            pass
+        return EXIT_BROKEN_PIPE
     except SystemExit as e:  # argparse --help / --version
         return int(e.code or 0) if isinstance(e.code, int) or e.code is None else EXIT_USAGE
     except KeyboardInterrupt:

@@ -77,7 +77,7 @@ def generate(
     batch_size: int | None = None,
     labels: Tensor | None = None,
     guidance: float | None = None,
-    precision: str = "fp32",
+    precision: str | None = None,
     progress: bool = False,
     **kw: object,
 ) -> Tensor:
@@ -85,6 +85,7 @@ def generate(
 
     Batch b uses a generator seeded by (seed, b), so results do not depend on anything but the arguments.
     ``labels`` [n] select classes for conditional models (guidance scale ``guidance``, Ho & Salimans 2022).
+    ``precision=None`` samples in the run's own ``train.precision`` (``auto``: bf16 where the CPU or GPU has it).
     """
     sc = lm.config.sample
     method = method or sc.method
@@ -95,6 +96,10 @@ def generate(
     if n < 1:
         raise ValueError(f"--n must be at least 1, got {n}")
     device = next(lm.model.parameters()).device
+    if precision is None:
+        precision = lm.config.train.precision
+        if precision == "fp16" and device.type != "cuda":  # a GPU run sampled elsewhere
+            precision = "auto"
     precision = resolve_precision(precision, device)
     out = []
     iterator = range(math.ceil(n / batch_size))
