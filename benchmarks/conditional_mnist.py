@@ -30,9 +30,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from ddpm.config import apply_overrides, get_preset  # noqa: E402
+from ddpm.config import apply_overrides  # noqa: E402
 from ddpm.data import pad_images  # noqa: E402
 from ddpm.pipeline import generate, load_model, save_images  # noqa: E402
+from ddpm.recipes import get_recipe  # noqa: E402
 from ddpm.train import Trainer  # noqa: E402
 from ddpm.viz import class_grid  # noqa: E402
 
@@ -91,7 +92,7 @@ def main() -> None:
         overrides = [f"data.root={args.data_root}", f"train.max_minutes={args.minutes}", *args.set]
         if args.threads:
             overrides.append(f"train.threads={args.threads}")
-        cfg = apply_overrides(get_preset(args.preset), overrides)
+        cfg = apply_overrides(get_recipe(args.preset), overrides)
         if cfg.model.num_classes is None:
             raise SystemExit(f"preset {args.preset!r} is not class-conditional (model.num_classes is unset)")
         t0 = time.monotonic()

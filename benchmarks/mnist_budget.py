@@ -24,10 +24,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from ddpm.config import apply_overrides, get_preset  # noqa: E402
+from ddpm.config import apply_overrides  # noqa: E402
 from ddpm.data import load, pad_images  # noqa: E402
 from ddpm.metrics import fid as fid_lib  # noqa: E402
 from ddpm.pipeline import generate, load_model, save_images  # noqa: E402
+from ddpm.recipes import get_recipe  # noqa: E402
 from ddpm.train import Trainer  # noqa: E402
 
 
@@ -55,7 +56,7 @@ def main() -> None:
     report: dict[str, object] = {"preset": args.preset, "minutes": args.minutes}
     if not args.skip_train:
         cfg = apply_overrides(
-            get_preset(args.preset),
+            get_recipe(args.preset),
             [f"data.root={args.data_root}", f"train.max_minutes={args.minutes}", *args.set],
         )
         t0 = time.monotonic()

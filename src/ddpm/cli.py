@@ -41,7 +41,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 # --------------------------------------------------------------------------- train
 def _train_config(args: argparse.Namespace) -> Any:
-    from .config import apply_overrides, config_from_dict, get_preset
+    from .config import apply_overrides, config_from_dict
+    from .recipes import get_recipe
 
     out = Path(args.out) if args.out else None
     if args.resume:
@@ -57,7 +58,7 @@ def _train_config(args: argparse.Namespace) -> Any:
     else:
         if not args.preset:
             raise UserError("train needs --preset NAME (or --resume --out RUN_DIR)")
-        cfg = get_preset(args.preset)
+        cfg = get_recipe(args.preset)
     overrides = list(args.set or [])
     if args.data_root:
         overrides.append(f"data.root={args.data_root}")
@@ -227,12 +228,13 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     import torch
 
-    from .config import apply_overrides, get_preset
+    from .config import apply_overrides
     from .pipeline import generate, load_model, save_images
+    from .recipes import get_recipe
     from .train import Trainer
     from .viz import forward_strip
 
-    cfg = apply_overrides(get_preset("demo"), args.set or [])
+    cfg = apply_overrides(get_recipe("demo"), args.set or [])
     out = Path(args.out)
     if (out / "checkpoints").exists():
         raise UserError(f"{out} already holds a run; pass another --out or remove it")
@@ -754,10 +756,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_presets(args: argparse.Namespace) -> int:
-    from .config import PRESETS, preset_names
+    from .recipes import RECIPES, recipe_names
 
-    for name in preset_names():
-        print(f"{name:<24} {PRESETS[name].__doc__ or ''}")
+    for name in recipe_names():
+        print(f"{name:<24} {RECIPES[name].__doc__ or ''}")
     return 0
 
 

@@ -1,7 +1,7 @@
 """Training: AdamW, warm-up, gradient clipping, EMA, mixed precision, accumulation, validation, early stopping,
 atomic checkpoints with exact resume, metrics and sample grids.
 
->>> cfg = ddpm.config.get_preset("tiny")
+>>> cfg = ddpm.recipes.get_recipe("tiny")
 >>> Trainer(cfg, "runs/tiny").fit()  # doctest: +SKIP
 """
 
