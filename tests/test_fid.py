@@ -270,6 +270,38 @@ def test_load_images_npz_folder_zip_agree(tmp_path):
     assert load_images(tmp_path / "png", n=3, seed=1).shape == (3, 3, 6, 4)
 
 
+def test_load_images_scales_16_bit_gray_to_8_bits(tmp_path):
+    """16-bit grayscale PNGs go through ddpm.data's decoder: v -> round(v / 257), not clipped at 255."""
+    from PIL import Image
+
+    values = np.array([[0, 128, 257, 1000], [30000, 32896, 40000, 65535]], dtype=np.uint16)  # [H, W]
+    expected = torch.from_numpy(np.rint(values / 257.0).astype(np.uint8))  # 0 0 1 4 / 117 128 156 255
+    folder = tmp_path / "gray16"
+    folder.mkdir()
+    with zipfile.ZipFile(tmp_path / "gray16.zip", "w") as zf:
+        for i in range(2):
+            im = Image.fromarray(values[:, ::-1] if i else values)
+            assert im.mode.startswith("I;16")
+            im.save(folder / f"{i}.png")
+            buf = io.BytesIO()
+            im.save(buf, format="PNG")
+            zf.writestr(f"{i}.png", buf.getvalue())
+    assert Image.open(folder / "0.png").mode.startswith("I")  # really a 16-bit file on disk
+    want = torch.stack([expected, expected.flip(-1)]).unsqueeze(1)  # [2, 1, H, W]
+    for src in (folder, tmp_path / "gray16.zip"):
+        got = load_images(src)
+        assert got.dtype == torch.uint8
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_load_images_unreadable_file_is_one_line_naming_it(tmp_path):
+    (tmp_path / "imgs").mkdir()
+    (tmp_path / "imgs" / "bad.png").write_bytes(b"not a png at all")
+    with pytest.raises(ValueError, match=r"cannot read the image bad\.png") as err:
+        load_images(tmp_path / "imgs")
+    assert "\n" not in str(err.value)
+
+
 class _StubExtractor:
     """Stand-in for InceptionFeatures (same duck type, 8-d features): tests caching without the network."""
 

@@ -32,7 +32,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 import ddpm.checkpoint as ckpt_mod
-import ddpm.data as data_mod
+import ddpm.data.folder as data_folder
 from ddpm.checkpoint import latest_checkpoint, load_checkpoint
 from ddpm.cli import main
 from ddpm.config import Config, preset_names
@@ -388,7 +388,7 @@ def test_zip_bomb_members_are_not_inflated(tmp_path, monkeypatch):
         zf.writestr("c/ok.png", good)
         zf.writestr("c/bomb.png", good + b"\0" * (8 << 20))  # 8 MiB inflated, a few KiB stored
     assert zpath.stat().st_size < 64 << 10
-    monkeypatch.setattr(data_mod, "MAX_IMAGE_FILE_BYTES", 1 << 20)
+    monkeypatch.setattr(data_folder, "MAX_IMAGE_FILE_BYTES", 1 << 20)
     reads = []
     real_read = zipfile.ZipFile.read
     monkeypatch.setattr(

@@ -27,7 +27,6 @@ import fnmatch
 import functools
 import hashlib
 import importlib.util
-import io
 import json
 import os
 import re
@@ -40,6 +39,9 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from ..data import DataError
+from ..data.folder import IMAGE_EXTENSIONS, read_image
 
 __all__ = [
     "FEATURE_DIM",
@@ -65,7 +67,6 @@ __all__ = [
 FEATURE_DIM = 2048
 INCEPTION_SIZE = (299, 299)
 MIN_RECOMMENDED_N = 10_000
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 #: Human-readable description of the preprocessing; hashed into every statistics fingerprint.
 PREPROCESSING = (
@@ -628,20 +629,14 @@ def _npz_is_stats(path: Path) -> bool:
         return "mu" in z.files and "sigma" in z.files
 
 
-def _decode(data: bytes | Path) -> np.ndarray:
-    from PIL import Image
-
-    with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as im:
-        if im.mode in ("L", "1", "I", "I;16", "F"):
-            return np.asarray(im.convert("L"))[..., None]
-        return np.asarray(im.convert("RGB"))
-
-
 def load_images(
     path: str | os.PathLike, n: int | None = None, pattern: str | None = None, seed: int | None = None
 ) -> torch.Tensor:
     """Load uint8 images from a ``.npz`` (key ``x``, [N,H,W,C] as ``ddpm sample`` writes), a folder of
-    PNG/JPEG files (recursively), or a ``.zip`` of them.
+    image files (recursively; the suffixes of ``ddpm.data.IMAGE_EXTENSIONS``), or a ``.zip`` of them.
+
+    Files are decoded by ``ddpm.data.read_image``, the package's one image decoder: 16-bit grayscale is
+    scaled to 8 bits (``round(v / 257)``), never clipped.
 
     Args:
         path: the file or folder.
@@ -666,27 +661,39 @@ def load_images(
 
     if path.is_dir():
         names = sorted(
-            str(p.relative_to(path)) for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
+            str(p.relative_to(path)) for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS
         )
         names = [s for s in names if pattern is None or fnmatch.fnmatch(s, pattern)]
         names = _select(names, n, seed)
-        arrays = [_decode(path / s) for s in names]
+        arrays = [_read_image(path / s, path, s) for s in names]
     elif path.is_file() and zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as zf:
-            names = sorted(s for s in zf.namelist() if Path(s).suffix.lower() in IMAGE_SUFFIXES)
+            names = sorted(s for s in zf.namelist() if Path(s).suffix.lower() in IMAGE_EXTENSIONS)
             names = [s for s in names if pattern is None or fnmatch.fnmatch(s, pattern)]
             names = _select(names, n, seed)
-            arrays = [_decode(zf.read(s)) for s in names]
+            arrays = [_read_image(zf.read(s), path, s) for s in names]
     else:
-        raise FileNotFoundError(f"{path}: not a .npz of images, a folder of PNG/JPEG files or a .zip of them")
+        raise FileNotFoundError(f"{path}: not a .npz of images, a folder of image files or a .zip of them")
     if not arrays:
-        raise ValueError(f"{path}: no PNG/JPEG images found" + (f" matching {pattern!r}" if pattern else ""))
+        kinds = "/".join(e.lstrip(".") for e in IMAGE_EXTENSIONS)
+        raise ValueError(f"{path}: no {kinds} images found" + (f" matching {pattern!r}" if pattern else ""))
     shapes = {a.shape[:2] for a in arrays}
     if len(shapes) != 1:
         raise ValueError(f"{path}: images have different sizes {sorted(shapes)[:4]}; resize them first")
     if any(a.shape[2] == 3 for a in arrays):
         arrays = [np.repeat(a, 3, axis=2) if a.shape[2] == 1 else a for a in arrays]
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+
+
+def _read_image(source: bytes | Path, path: Path, name: str) -> np.ndarray:
+    """``ddpm.data.read_image`` (uint8 [H, W, 1 or 3]); an unreadable file raises one line naming it."""
+    try:
+        return read_image(source)
+    except Exception as e:  # PIL raises many types on corrupt data
+        if isinstance(e, OSError) and e.filename is not None:  # the file itself could not be read
+            raise
+        why = " ".join(str(e).split()) or "unreadable"
+        raise DataError(f"{path}: cannot read the image {name} ({type(e).__name__}: {why})") from e
 
 
 def _select(items: Any, n: int | None, seed: int | None) -> Any:
