@@ -168,7 +168,9 @@ class Classifier(nn.Module):
         scaled = eigvecs.T / torch.sqrt(eigvals + eps * eigvals.mean().clamp_min(1e-12)).unsqueeze(1)
         weight = torch.cat([scaled, -scaled])  # [2·C·k², C·k²]
         self.whiten.weight.copy_(weight.view_as(self.whiten.weight).to(self.whiten.weight))
-        self.whiten.bias.copy_((-(weight @ mean)).to(self.whiten.bias))
+        bias = self.whiten.bias
+        assert bias is not None  # the stem is built with bias=True
+        bias.copy_((-(weight @ mean)).to(bias))
 
 
 def _build(config: ClassifierConfig, seed: int) -> Classifier:

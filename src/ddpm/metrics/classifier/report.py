@@ -89,7 +89,9 @@ def noise_baseline(model: nn.Module, n: int = 1000, seed: int = 0) -> dict[str, 
     The floor to compare generated images with: a classifier that calls noise confident (common) makes
     mean confidence alone a weak signal; the histogram of noise usually collapses to one or two classes.
     """
-    config = model.config
+    config = getattr(model, "config", None)
+    if not isinstance(config, ClassifierConfig):
+        raise ClassifierError("noise_baseline needs a Classifier (a model with a ClassifierConfig .config)")
     g = torch.Generator().manual_seed(seed)
     size = (n, config.in_channels, config.image_size, config.image_size)
     return sample_report(model, torch.randint(0, 256, size, generator=g, dtype=torch.uint8))

@@ -233,13 +233,13 @@ def train_classifier(
     model = model.to(memory_format=torch.channels_last)
 
     decay, no_decay = [], []
-    for name, p in model.named_parameters():
+    for name, prm in model.named_parameters():
         if name.startswith("whiten."):
-            p.requires_grad_(False)
-        elif p.ndim > 1:
-            decay.append(p)
+            prm.requires_grad_(False)
+        elif prm.ndim > 1:
+            decay.append(prm)
         else:
-            no_decay.append(p)
+            no_decay.append(prm)
     opt = torch.optim.SGD(
         [{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}],
         lr=lr,
