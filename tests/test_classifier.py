@@ -290,3 +290,65 @@ def test_default_dir_honours_ddpm_cache(monkeypatch, tmp_path: Path) -> None:
         C.load_default_classifier("cifar10")
     monkeypatch.delenv("DDPM_CACHE")
     assert C.default_classifier_dir("mnist") == Path.home() / ".cache" / "ddpm" / "classifiers" / "mnist"
+
+
+# ------------------------------------------------------------------------------------------ errors, command line
+
+
+def test_missing_default_classifier_error_is_typed_and_names_no_flag(
+    monkeypatch, tmp_path: Path, capsys
+) -> None:
+    monkeypatch.setenv("DDPM_CACHE", str(tmp_path))
+    with pytest.raises(C.ClassifierNotFoundError) as e:
+        C.load_default_classifier("mnist")
+    assert e.value.dataset == "mnist" and e.value.directory == tmp_path / "classifiers" / "mnist"
+    assert "--" not in str(e.value) and "train_classifier" in str(e.value)  # the library names no flag
+    # the command line adds the command that trains one, as one line, exit status 1
+    images = tmp_path / "x.npz"
+    np.savez(images, x=np.zeros((2, 28, 28, 1), np.uint8))
+    assert C.cli.main(["report", "--images", str(images), "--dataset", "mnist"]) == 1
+    err = capsys.readouterr().err
+    assert err == (
+        f"error: no mnist classifier in {tmp_path / 'classifiers' / 'mnist'}; "
+        "train one with: python -m ddpm.metrics.classifier train --dataset mnist\n"
+    )
+    assert C._main is C.cli.main  # the name ddpm.cli calls today
+
+
+def test_cli_report_prints_sample_report(trained, tmp_path: Path, capsys) -> None:
+    import json
+
+    model, _ = trained
+    out = C.save_classifier(model, tmp_path / "clf")
+    x = D.load("gaussian-blobs", image_size=16, split="test", n=40).images
+    np.savez(tmp_path / "x.npz", x=x.permute(0, 2, 3, 1).numpy())  # NHWC, as ddpm sample writes it
+    assert C.cli.main(["report", "--images", str(tmp_path / "x.npz"), "--classifier", str(out)]) == 0
+    assert json.loads(capsys.readouterr().out) == C.sample_report(C.load_classifier(out), x)
+
+
+def test_divergence_is_a_classifier_error_and_a_floating_point_error(blobs) -> None:
+    config = C.ClassifierConfig(in_channels=1, widths=(8,), preset="mnist")
+    with pytest.raises(C.ClassifierDivergedError, match="diverged") as e:
+        C.train_classifier(blobs[0], None, config, epochs=1, batch_size=64, lr=float("inf"))
+    assert isinstance(e.value, FloatingPointError) and isinstance(e.value, C.ClassifierError)
+
+
+def test_python_dash_m_runs_the_package(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "DDPM_CACHE": str(tmp_path), "PYTHONPATH": str(Path(C.__file__).parents[3])}
+    args = [
+        sys.executable,
+        "-m",
+        "ddpm.metrics.classifier",
+        "report",
+        "--images",
+        "x.npz",
+        "--dataset",
+        "mnist",
+    ]
+    r = subprocess.run(args, capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 1 and r.stdout == ""
+    assert r.stderr.startswith("error: no mnist classifier in ") and r.stderr.count("\n") == 1
