@@ -344,6 +344,51 @@ def test_sigterm_and_sigint_stop_cleanly_with_a_final_checkpoint(sig, fork_serve
     assert "Traceback" not in err
 
 
+# --------------------------------------------------------------------------- one trainer per run directory
+def _wait_for_lock(run: Path, child: Child, timeout: float = 60) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return json.loads((run / ".lock").read_text())
+        except (OSError, ValueError):
+            assert time.monotonic() < deadline, child.stderr()
+            time.sleep(0.01)
+
+
+def test_a_second_trainer_on_a_busy_run_directory_exits_naming_the_holder(fork_server, tmp_path):
+    run = tmp_path / "run"
+    holder = fork_server.start(train_argv(run, False, 10**6, "train.checkpoint_every=none"))
+    try:
+        holder.wait_for("training ")  # set up: config.json is there for --resume to read
+        assert _wait_for_lock(run, holder)["pid"] == holder.pid
+        for resume in (False, True):
+            code, out, err = fork_server.start(train_argv(run, resume, 3)).finish()
+            assert code == 1, err
+            lines = err.strip().splitlines()
+            assert len(lines) == 1 and lines[0].startswith("ddpm: error: run directory"), err
+            assert f"in use by another trainer: pid {holder.pid} on host " in lines[0]
+        assert not list_checkpoints(run / "checkpoints")  # the refused trainers wrote nothing
+    finally:
+        holder.signal(signal.SIGTERM)
+    code, _, err = holder.finish()
+    assert code == 0, err  # undisturbed: it stops cleanly on SIGTERM, with its checkpoint
+    assert not (run / ".lock").exists()
+
+
+def test_the_lock_of_a_sigkilled_trainer_is_taken_over_with_a_message(fork_server, tmp_path):
+    run = tmp_path / "run"
+    holder = fork_server.start(train_argv(run, False, 10**6, "train.checkpoint_every=none"))
+    assert _wait_for_lock(run, holder)["pid"] == holder.pid
+    holder.signal(signal.SIGKILL)
+    assert holder.finish()[0] == -signal.SIGKILL
+    assert json.loads((run / ".lock").read_text())["pid"] == holder.pid  # left behind
+    code, out, err = fork_server.start(train_argv(run, False, 3)).finish()
+    assert code == 0, err
+    assert f"taking over a stale lock of pid {holder.pid} on host " in err
+    assert "stopped at step 3 (completed)" in out
+    assert not (run / ".lock").exists()
+
+
 # --------------------------------------------------------------------------- crash leftovers
 def _sd(seed: int) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)

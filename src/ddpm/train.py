@@ -39,7 +39,9 @@ from .config import Config, ConfigError, DiffusionConfig, config_to_dict
 from .diffusion import GaussianDiffusion
 from .nn.unet import UNet
 from .resample import create_timestep_sampler
+from .runlock import RunLock
 from .schedule import NoiseSchedule
+from .trainstate import TrainProgress, load_best_weights, prune_best_weights, save_best_weights
 
 __all__ = [
     "EMA",
@@ -262,13 +264,39 @@ def _tensorboard(run_dir: Path) -> Any:
     return _TENSORBOARD[run_dir]
 
 
+class _ProgressField:
+    """A :class:`Trainer` attribute that lives in its :class:`TrainProgress` (``trainer.step`` is
+    ``trainer.run_progress.step``)."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj: Any, objtype: type | None = None) -> Any:
+        return self if obj is None else getattr(obj.run_progress, self.name)
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        setattr(obj.run_progress, self.name, value)
+
+
 class Trainer:
     """Train a DDPM as a config describes, in ``run_dir``.
 
     ``run_dir`` receives ``config.json``, ``metrics.jsonl``, ``checkpoints/step-NNNNNNN/``, ``samples/`` and, at
     the end, ``loss_curve.png`` and ``loss_stats.md``. With ``resume=True`` training continues from the newest
     complete checkpoint so that, on the CPU with a fixed seed, the loss trajectory equals an uninterrupted run's.
+
+    One trainer at a time per run directory: the trainer holds ``run_dir/.lock`` from construction until
+    :meth:`fit` ends or :meth:`close` (or garbage collection, or ``with Trainer(...) as tr``) releases it; another
+    one meanwhile raises :class:`~ddpm.runlock.RunLockedError` naming the holder. Under torch.distributed rank 0
+    holds it for all ranks.
     """
+
+    step = _ProgressField()
+    best_val = _ProgressField()
+    best_step = _ProgressField()
+    bad_validations = _ProgressField()
+    nonfinite_in_a_row = _ProgressField()
+    nonfinite_total = _ProgressField()
 
     def __init__(
         self,
@@ -296,7 +324,24 @@ class Trainer:
             self.device = torch.device("cuda", self.dist.local_rank)
         if not self.dist.is_main:
             self.log, self.progress = (lambda s: None), False
+        self.run_progress = TrainProgress()
+        # Only rank 0 writes to the run directory; --resume of a directory that does not exist fails below.
+        self._lock = RunLock(self.run_dir, self.log) if self.dist.is_main else None
+        if self._lock is not None and (not resume or self.run_dir.is_dir()):
+            self._lock.acquire()
+        try:
+            self._setup(config, resume, data)
+        except BaseException:
+            self.close()
+            raise
 
+    def _setup(
+        self,
+        config: Config,
+        resume: bool,
+        data: tuple[data_lib.ImageData, data_lib.ImageData | None] | None,
+    ) -> None:
+        """The rest of ``__init__``, under the run directory's lock."""
         train_data, val_data = data if data is not None else load_datasets(config)
         self.config = resolve_config(config, train_data)
         tc = self.config.train
@@ -351,17 +396,15 @@ class Trainer:
             world_size=self.dist.world_size,
         )
         self.total_steps = self._total_steps()
-        self._time_progress = 0.0  # fraction of train.max_minutes used by the running fit() (lr schedule)
+        self._time_progress = 0.0  # fraction of train.max_minutes used, over every fit() (lr schedule)
+        self.clock: Callable[[], float] = time.monotonic  # the wall clock of train.max_minutes (tests set it)
+        # (elapsed_s, clock()) when the running fit() began; None outside fit()
+        self._fit_clock: tuple[float, float] | None = None
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.gen = torch.Generator(self.device).manual_seed(tc.seed + 1)
-        self.step = 0
-        self.best_val = math.inf
-        self.best_step = -1
-        self.bad_validations = 0
-        self.nonfinite_in_a_row = 0
-        self.nonfinite_total = 0
         self._best_weights: tuple[dict[str, Tensor], dict[str, Tensor]] | None = None
+        self._best_on_disk = -1  # the best_step whose weights checkpoints/best-NNNNNNN holds
         self._stop_reason: str | None = None
         self._compiled: Callable[..., Tensor] | None = None
 
@@ -392,7 +435,8 @@ class Trainer:
 
     def _lr_factor(self, step: int) -> float:
         """Linear warm-up, then the ``lr_schedule`` decay to 0 over the budget: the larger of the fraction of
-        steps done (after warm-up) and the fraction of ``max_minutes`` used by this invocation of :meth:`fit`."""
+        steps done (after warm-up) and the fraction of ``max_minutes`` used (by every :meth:`fit` of the run,
+        resumed ones included)."""
         tc = self.config.train
         if tc.warmup_steps and step < tc.warmup_steps:
             return (step + 1) / tc.warmup_steps
@@ -444,12 +488,9 @@ class Trainer:
             self.batches.load_state_dict(self._rank_data_position(st))
         if "timestep_sampler" in st:
             self.timestep_sampler.load_state_dict(st["timestep_sampler"])
-        self.step = int(st.get("step", ck.step))
-        self.ema.num_updates = int(st.get("ema_updates", self.step))
-        self.best_val = float(st.get("best_val", math.inf))
-        self.best_step = int(st.get("best_step", -1))
-        self.bad_validations = int(st.get("bad_validations", 0))
-        self.nonfinite_total = int(st.get("nonfinite_total", 0))
+        self.run_progress = TrainProgress.from_state(st, step=ck.step)
+        self.ema.num_updates = self.run_progress.ema_updates
+        self._resume_best_weights()
         # Metrics logged after the checkpoint belong to the abandoned continuation: drop them.
         metrics = self.run_dir / "metrics.jsonl"
         if self.dist.is_main and metrics.exists():
@@ -460,6 +501,24 @@ class Trainer:
             tmp.write_text("".join(ln + "\n" for ln in kept))
             os.replace(tmp, metrics)
         self.log(f"resumed {self.run_dir} at step {self.step} from {path.name}")
+
+    def _resume_best_weights(self) -> None:
+        """The best weights early stopping goes back to, from ``checkpoints/best-NNNNNNN`` (the resumed step's own
+        weights when it is the best step; checkpoints written before best weights were saved have none)."""
+        best = self.best_step
+        if self.config.train.early_stopping_patience is None or best < 0:
+            return
+        weights = load_best_weights(self.ckpt_dir, best)
+        if weights is None and best == self.step:
+            weights = (copy.deepcopy(self.model.state_dict()), copy.deepcopy(self.ema.state_dict()))
+        if weights is None:
+            self.log(
+                f"warning: the best weights (step {best}) were not saved with this checkpoint: early stopping "
+                "starts over and can only go back to a validation from now on"
+            )
+            self.best_val, self.bad_validations = math.inf, 0
+            return
+        self._best_weights, self._best_on_disk = weights, best
 
     def _restore_rng(self, st: dict[str, Any]) -> None:
         """The global RNG (dropout): one process restores the saved state; several ranks restore each their own
@@ -500,8 +559,10 @@ class Trainer:
     # ------------------------------------------------------------------ state
     def train_state(self) -> dict[str, Any]:
         """Everything but the weights that an exact resume needs (a collective under torch.distributed)."""
+        self.run_progress.ema_updates = self.ema.num_updates
+        self.run_progress.elapsed_s = self._elapsed()
         st: dict[str, Any] = {
-            "step": self.step,
+            **self.run_progress.state_dict(),  # step, best_val, …: top-level keys, as older checkpoints have them
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
@@ -509,11 +570,6 @@ class Trainer:
             "torch_rng": torch.get_rng_state(),
             "batches": self._batches_state(),
             "world_size": self.dist.world_size,
-            "ema_updates": self.ema.num_updates,
-            "best_val": self.best_val,
-            "best_step": self.best_step,
-            "bad_validations": self.bad_validations,
-            "nonfinite_total": self.nonfinite_total,
             "timestep_sampler": self.timestep_sampler.state_dict(),
         }
         if torch.cuda.is_available():
@@ -545,36 +601,37 @@ class Trainer:
         """
         state = self.train_state()
         if not self.dist.enabled:
-            return save_checkpoint(
-                self.ckpt_dir,
-                self.step,
-                self.config,
-                self.model.state_dict(),
-                self.ema.state_dict(),
-                state,
-                keep=self.config.train.keep_checkpoints,
-            )
-        from .checkpoint import CheckpointError
-
+            return self._write_checkpoint(state)
         dist_lib.check_replicas(self.ema.model.parameters(), "EMA weights")
         path, error = self.ckpt_dir / f"step-{self.step:07d}", None
         if self.dist.is_main:
             try:
-                path = save_checkpoint(
-                    self.ckpt_dir,
-                    self.step,
-                    self.config,
-                    self.model.state_dict(),
-                    self.ema.state_dict(),
-                    state,
-                    keep=self.config.train.keep_checkpoints,
-                )
+                path = self._write_checkpoint(state)
             except Exception as e:  # noqa: BLE001 - re-raised below once the other ranks know
                 error = e
         if dist_lib.any_flag(error is not None, self.device):  # also the barrier the other ranks wait at
             if error is not None:
                 raise error
             raise CheckpointError(f"rank 0 could not write checkpoint step-{self.step:07d}")
+        return path
+
+    def _write_checkpoint(self, state: dict[str, Any]) -> Path:
+        """Rank 0's part of :meth:`save`: the best weights that ``state``'s ``best_step`` names (unless already on
+        disk), then the step checkpoint, then the removal of best weights that no checkpoint needs any more."""
+        keep_best = self.best_step if self._best_weights is not None else None
+        if keep_best is not None and self._best_on_disk != keep_best:
+            save_best_weights(self.ckpt_dir, keep_best, self.config, *self._best_weights)
+            self._best_on_disk = keep_best
+        path = save_checkpoint(
+            self.ckpt_dir,
+            self.step,
+            self.config,
+            self.model.state_dict(),
+            self.ema.state_dict(),
+            state,
+            keep=self.config.train.keep_checkpoints,
+        )
+        prune_best_weights(self.ckpt_dir, keep_best)
         return path
 
     # ------------------------------------------------------------------ one step
@@ -654,17 +711,13 @@ class Trainer:
                 self._stop_reason = "nonfinite"
             return None
         self.nonfinite_in_a_row = 0
+        lr = self.optimizer.param_groups[0]["lr"]  # this step's (the scheduler sets the next one's below)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
         self.ema.update(self.model)
         self.step += 1
-        return {
-            "loss": total,
-            "grad_norm": grad_norm,
-            "lr": self.optimizer.param_groups[0]["lr"],
-            "images": tc.batch_size,
-        }
+        return {"loss": total, "grad_norm": grad_norm, "lr": lr, "images": tc.batch_size}
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
@@ -775,7 +828,7 @@ class Trainer:
     def _should_stop(self, deadline: float) -> bool:
         """Whether to stop before the next step (a signal, early stopping, non-finite losses or the time limit),
         agreed by all ranks under torch.distributed: a signal or the deadline may reach one rank before another."""
-        out_of_time = time.monotonic() >= deadline
+        out_of_time = self.clock() >= deadline
         if self.dist.enabled:
             stop = self._stop_reason is not None
             flags = dist_lib.all_reduce_sum([float(out_of_time), float(stop)], self.device)
@@ -790,11 +843,49 @@ class Trainer:
         return False
 
     def fit(self) -> dict[str, Any]:
-        """Train until ``max_steps``/``epochs``, ``max_minutes``, early stopping or a signal; returns a summary."""
+        """Train until ``max_steps``/``epochs``, ``max_minutes``, early stopping or a signal; returns a summary.
+
+        ``max_minutes`` is the whole run's budget: a resumed run trains for what its earlier invocations left.
+        The run directory's lock is released when this returns or raises.
+        """
+        if self._lock is not None:
+            self._lock.acquire()  # again, after close() or an earlier fit()
+        try:
+            return self._fit()
+        finally:
+            self.run_progress.elapsed_s = self._elapsed()
+            self._fit_clock = None
+            self.close()
+
+    def close(self) -> None:
+        """Release the run directory's lock (a no-op when not held); :meth:`fit` takes it again."""
+        lock = getattr(self, "_lock", None)  # None when __init__ failed early
+        if lock is not None:
+            lock.release()
+
+    def __enter__(self) -> Trainer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.close()
+
+    def _elapsed(self) -> float:
+        """Training wall-clock seconds so far, over every :meth:`fit` of the run (``train.max_minutes`` counts)."""
+        if self._fit_clock is None:
+            return self.run_progress.elapsed_s
+        base, start = self._fit_clock
+        return base + self.clock() - start
+
+    def _fit(self) -> dict[str, Any]:
         tc = self.config.train
         metrics = self.run_dir / "metrics.jsonl"
-        start = time.monotonic()
-        deadline = start + 60 * tc.max_minutes if tc.max_minutes else math.inf
+        base, start = self.run_progress.elapsed_s, self.clock()
+        self._fit_clock = (base, start)
+        deadline = start + 60 * tc.max_minutes - base if tc.max_minutes else math.inf
         steps_per_epoch = max(1, len(self.batches) // tc.grad_accum)
         bar = None
         if self.progress:
@@ -802,14 +893,14 @@ class Trainer:
 
             total = self.total_steps if self.total_steps < 10**9 else None
             bar = tqdm(total=total, initial=self.step, desc="train", dynamic_ncols=True, file=sys.stderr)
-        window_loss, window_n, window_images, window_start = 0.0, 0, 0, time.monotonic()
+        window_loss, window_n, window_images, window_start = 0.0, 0, 0, self.clock()
         last_saved = self.step if latest_checkpoint(self.ckpt_dir) else -1
         with self._signals():
             while self.step < self.total_steps:
                 if self._should_stop(deadline):
                     break
                 if tc.max_minutes:
-                    self._time_progress = (time.monotonic() - start) / (60 * tc.max_minutes)
+                    self._time_progress = self._elapsed() / (60 * tc.max_minutes)
                 out = self.train_step()
                 if out is None:
                     _jsonl(
@@ -823,7 +914,7 @@ class Trainer:
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(loss=f"{out['loss']:.4f}", refresh=False)
-                now = time.monotonic()
+                now = self.clock()
                 last = self.step == self.total_steps or self._stop_reason is not None or now >= deadline
                 if self.step % tc.log_every == 0 or last:
                     rec = {
@@ -833,7 +924,7 @@ class Trainer:
                         "lr": out["lr"],
                         "grad_norm": out["grad_norm"],
                         "img_per_s": window_images / max(now - window_start, 1e-9),
-                        "time_s": now - start,
+                        "time_s": base + now - start,  # over every fit() of the run
                     }
                     _jsonl(metrics, rec)
                     window_loss, window_n, window_images, window_start = 0.0, 0, 0, now
