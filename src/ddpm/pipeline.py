@@ -11,13 +11,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .builders import build_diffusion
 from .checkpoint import CheckpointError, load_checkpoint, load_weights_into
 from .config import Config
 from .data import to_uint8
 from .diffusion import GaussianDiffusion
 from .nn.unet import UNet
+from .runtime import autocast_context, resolve_device, resolve_precision
 from .sampling import classifier_free_guidance, sample
-from .train import autocast_context, build_diffusion, resolve_device, resolve_precision
 
 __all__ = ["LoadedModel", "load_model", "model_fn", "generate", "save_images"]
 

@@ -18,7 +18,6 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ from torch import Tensor, nn
 
 from . import data as data_lib
 from . import distributed as dist_lib
+from .builders import build_diffusion, build_model, resolve_config
 from .checkpoint import (
     CheckpointError,
     latest_checkpoint,
@@ -35,12 +35,10 @@ from .checkpoint import (
     recover_checkpoints,
     save_checkpoint,
 )
-from .config import Config, ConfigError, DiffusionConfig, config_to_dict
-from .diffusion import GaussianDiffusion
-from .nn.unet import UNet
+from .config import Config, ConfigError, config_to_dict
 from .resample import create_timestep_sampler
 from .runlock import RunLock
-from .schedule import NoiseSchedule
+from .runtime import autocast_context, resolve_device, resolve_precision
 from .trainstate import TrainProgress, load_best_weights, prune_best_weights, save_best_weights
 
 __all__ = [
@@ -60,28 +58,6 @@ __all__ = [
 
 class TrainingError(RuntimeError):
     """A run that cannot go on (e.g. too many non-finite losses); the message is one line for the user."""
-
-
-# --------------------------------------------------------------------------- builders
-def build_diffusion(cfg: DiffusionConfig) -> GaussianDiffusion:
-    """The :class:`GaussianDiffusion` a config describes."""
-    if cfg.schedule == "linear":
-        schedule = NoiseSchedule.linear(cfg.timesteps, cfg.beta_start, cfg.beta_end)
-    else:
-        schedule = NoiseSchedule.cosine(cfg.timesteps, cfg.cosine_s)
-    return GaussianDiffusion(
-        schedule,
-        prediction=cfg.prediction,
-        variance=cfg.variance,
-        loss=cfg.loss,
-        vlb_weight=cfg.vlb_weight,
-        weighting=cfg.weighting,
-        min_snr_gamma=cfg.min_snr_gamma,
-    )
-
-
-def build_model(cfg: Config) -> UNet:
-    return UNet(cfg.model)
 
 
 def validate_config(cfg: Config) -> None:
@@ -129,73 +105,6 @@ def load_datasets(cfg: Config) -> tuple[data_lib.ImageData, data_lib.ImageData |
         train, val = data_lib.train_val_split(data, d.val_fraction, cfg.train.seed)
         return train, val
     return data, None
-
-
-def resolve_config(cfg: Config, data: data_lib.ImageData) -> Config:
-    """Fill in what the data decides: image size and channels, output channels, and flips."""
-    diffusion = build_diffusion(cfg.diffusion)
-    c = data.channels
-    try:
-        model = replace(
-            cfg.model, in_channels=c, out_channels=diffusion.output_channels(c), image_size=data.image_size
-        )
-    except ValueError as e:
-        raise ConfigError(f"model: {e}") from None
-    if model.num_classes is not None and data.num_classes < 1:
-        raise ConfigError("model.num_classes is set but the dataset has no labels")
-    if model.num_classes is not None and data.num_classes > model.num_classes:
-        raise ConfigError(
-            f"model.num_classes={model.num_classes} but the dataset has {data.num_classes} classes"
-        )
-    flip = cfg.data.flip if cfg.data.flip is not None else data_lib.dataset_info(cfg.data.name).flip
-    return replace(cfg, model=model, data=replace(cfg.data, image_size=data.image_size, flip=flip))
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        return torch.device("cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"train.device: unknown device {name!r}") from None
-    if dev.type not in ("cpu", "cuda", "mps"):
-        raise ConfigError(f"train.device: {name!r} is not supported; use auto, cpu, cuda or cuda:N")
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device=cuda but no CUDA device is available")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise ConfigError(f"train.device={name}: there are only {torch.cuda.device_count()} CUDA devices")
-    if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError("train.device=mps but MPS is not available")
-    return dev
-
-
-def _cpu_has_fast_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto`` → bf16 on CUDA with bf16 support and on CPUs with AMX/AVX512-BF16, else fp32."""
-    if precision != "auto":
-        if precision == "fp16" and device.type == "cpu":
-            raise ConfigError("train.precision=fp16 needs a CUDA device; use bf16 on the CPU")
-        return precision
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "bf16" if device.type == "cpu" and _cpu_has_fast_bf16() else "fp32"
-
-
-def autocast_context(precision: str, device: torch.device) -> contextlib.AbstractContextManager[Any]:
-    """``torch.autocast`` for bf16/fp16, a no-op for fp32."""
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 # --------------------------------------------------------------------------- EMA

@@ -455,7 +455,7 @@ def import_diffusers(src: str | Path, out_run_dir: str | Path, step: int = 0) ->
     sched_raw = _read_json(src / "scheduler" / "scheduler_config.json")
     unet_cfg = unet_config_from_diffusers(unet_raw)
     diffusion, clip = diffusion_config_from_scheduler(sched_raw)
-    from ..train import build_diffusion
+    from ..builders import build_diffusion
 
     expected = build_diffusion(diffusion).output_channels(unet_cfg.in_channels)
     if unet_cfg.out_channels != expected:
