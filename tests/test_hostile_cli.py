@@ -722,7 +722,7 @@ FOUND = {
         ["--set", "train.sample_every=1", "--set", "train.sample_n=0"],
         "train.sample_n must be at least 1",
     ),
-    "threads=-1": (["--set", "train.threads=-1"], "train.threads must be at least 0"),
+    "threads=-1": (["--set", "train.threads=-1"], "train.threads must be auto or at least 1"),
     "limit=-5": (["--set", "data.limit=-5"], "data.limit must be at least 1"),
     "device=xpu:9": (["--set", "train.device=xpu:9"], "'xpu:9' is not supported"),
     "ema_decay=2": (["--set", "train.ema_decay=2"], "train.ema_decay must be in [0, 1]"),

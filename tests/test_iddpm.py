@@ -345,6 +345,7 @@ def test_loss_aware_training_resumes_exactly(tmp_path):
             "diffusion.timestep_sampler=loss_aware",
             "train.max_steps=10",
             "train.checkpoint_every=5",
+            "train.threads=1",  # bit-exact: a fixed thread count (auto may switch counts mid-run)
         ],
     )
     full = Trainer(cfg, tmp_path / "full", progress=False)

@@ -110,7 +110,9 @@ class TrainConfig:
     max_nonfinite: int = 10  # consecutive non-finite losses tolerated before the run stops
     channels_last: bool = False
     compile: bool = False
-    threads: int | None = None  # torch intra-op threads (None: torch's default)
+    # torch intra-op threads: a number, "auto" (measured and re-checked while training, see ddpm.threads; pin a
+    # number for bit-exact resume on the CPU) or None (torch's default)
+    threads: int | Literal["auto"] | None = "auto"
     device: str = "auto"
 
 

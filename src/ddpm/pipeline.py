@@ -19,6 +19,7 @@ from .diffusion import GaussianDiffusion
 from .nn.unet import UNet
 from .runtime import autocast_context, resolve_device, resolve_precision
 from .sampling import classifier_free_guidance, sample
+from .threads import Threads, ThreadTuner, thread_scope
 
 __all__ = ["LoadedModel", "load_model", "model_fn", "generate", "save_images"]
 
@@ -80,6 +81,7 @@ def generate(
     guidance: float | None = None,
     precision: str | None = None,
     progress: bool = False,
+    threads: Threads = "auto",
     **kw: object,
 ) -> Tensor:
     """Draw ``n`` images as uint8 [n, C, H, W]; unset options fall back to the run's ``sample`` config.
@@ -87,6 +89,8 @@ def generate(
     Batch b uses a generator seeded by (seed, b), so results do not depend on anything but the arguments.
     ``labels`` [n] select classes for conditional models (guidance scale ``guidance``, Ho & Salimans 2022).
     ``precision=None`` samples in the run's own ``train.precision`` (``auto``: bf16 where the CPU or GPU has it).
+    ``threads``: torch's CPU threads while sampling — a number, ``"auto"`` (each network evaluation is a unit of
+    work for a :class:`~ddpm.threads.ThreadTuner`) or None (as set); bit-identical results need a number.
     """
     sc = lm.config.sample
     method = method or sc.method
@@ -108,25 +112,35 @@ def generate(
         from tqdm.auto import tqdm
 
         iterator = tqdm(iterator, desc=f"sampling ({method}, {steps or lm.diffusion.num_timesteps} steps)")
-    for b in iterator:
-        m = min(batch_size, n - b * batch_size)
-        g = torch.Generator(device).manual_seed(seed * 1_000_003 + b)
-        y = labels[b * batch_size : b * batch_size + m].to(device) if labels is not None else None
-        fn = model_fn(lm, y, guidance)
-        with torch.inference_mode(), autocast_context(precision, device):
-            x = sample(
-                fn,
-                lm.diffusion,
-                (m, *lm.image_shape),
-                method=method,
-                steps=steps,
-                eta=eta if method == "ddim" else 0.0,
-                generator=g,
-                clip_denoised=sc.clip_denoised,
-                **kw,
-            )
-        out.append(to_uint8(x.float().cpu()))
+    with thread_scope(threads, device) as tuner:
+        for b in iterator:
+            m = min(batch_size, n - b * batch_size)
+            g = torch.Generator(device).manual_seed(seed * 1_000_003 + b)
+            y = labels[b * batch_size : b * batch_size + m].to(device) if labels is not None else None
+            fn = _timed(model_fn(lm, y, guidance), tuner)
+            with torch.inference_mode(), autocast_context(precision, device):
+                x = sample(
+                    fn,
+                    lm.diffusion,
+                    (m, *lm.image_shape),
+                    method=method,
+                    steps=steps,
+                    eta=eta if method == "ddim" else 0.0,
+                    generator=g,
+                    clip_denoised=sc.clip_denoised,
+                    **kw,
+                )
+            out.append(to_uint8(x.float().cpu()))
     return torch.cat(out)
+
+
+def _timed(
+    fn: Callable[[Tensor, Tensor], Tensor], tuner: ThreadTuner | None
+) -> Callable[[Tensor, Tensor], Tensor]:
+    """``fn`` with each call (one network evaluation of a batch) a unit of work for ``tuner``, per image."""
+    if tuner is None:
+        return fn
+    return lambda x, t: tuner.run(lambda: fn(x, t), work=x.shape[0])
 
 
 def save_images(images: Tensor, out: str | Path, labels: Tensor | None = None) -> Path:

@@ -39,6 +39,7 @@ from .config import Config, ConfigError, config_to_dict
 from .resample import create_timestep_sampler
 from .runlock import RunLock
 from .runtime import autocast_context, resolve_device, resolve_precision
+from .threads import Choice, ThreadTuner, thread_scope, validate_threads
 from .trainstate import TrainProgress, load_best_weights, prune_best_weights, save_best_weights
 
 __all__ = [
@@ -71,7 +72,6 @@ def validate_config(cfg: Config) -> None:
         "train.sample_n": (tc.sample_n, 1),
         "train.val_batches": (tc.val_batches, 1),
         "train.max_nonfinite": (tc.max_nonfinite, 0),
-        "train.threads": (tc.threads if tc.threads is not None else 0, 0),
         "data.limit": (d.limit if d.limit is not None else 1, 1),
         "data.image_size": (d.image_size if d.image_size is not None else 1, 1),
     }
@@ -83,6 +83,10 @@ def validate_config(cfg: Config) -> None:
             raise ConfigError(f"{key} must be in [0, 1], got {value}")
     if not 0.0 <= d.val_fraction < 1.0:
         raise ConfigError(f"data.val_fraction must be in [0, 1), got {d.val_fraction}")
+    try:
+        validate_threads(tc.threads, "train.threads")
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     if not 0 <= tc.seed < 2**62:  # torch seeds are 64-bit; seed + k must fit
         raise ConfigError(f"train.seed must be in [0, 2**62), got {tc.seed}")
     dc = cfg.diffusion
@@ -192,7 +196,8 @@ class Trainer:
 
     ``run_dir`` receives ``config.json``, ``metrics.jsonl``, ``checkpoints/step-NNNNNNN/``, ``samples/`` and, at
     the end, ``loss_curve.png`` and ``loss_stats.md``. With ``resume=True`` training continues from the newest
-    complete checkpoint so that, on the CPU with a fixed seed, the loss trajectory equals an uninterrupted run's.
+    complete checkpoint so that, on the CPU with a fixed seed, the loss trajectory equals an uninterrupted run's (with a fixed
+    ``train.threads``: the thread count can change the order of float reductions).
 
     One trainer at a time per run directory: the trainer holds ``run_dir/.lock`` from construction until
     :meth:`fit` ends or :meth:`close` (or garbage collection, or ``with Trainer(...) as tr``) releases it; another
@@ -222,7 +227,7 @@ class Trainer:
         self.progress = progress
         tc = config.train
         validate_config(config)
-        if tc.threads:
+        if isinstance(tc.threads, int):  # "auto" is measured by fit() (see _thread_tuning)
             torch.set_num_threads(tc.threads)
         self.device = resolve_device(tc.device)
         self.precision = resolve_precision(tc.precision, self.device)
@@ -716,6 +721,22 @@ class Trainer:
             for s, h in old.items():
                 signal.signal(s, h)
 
+    @contextlib.contextmanager
+    def _thread_tuning(self, metrics: Path) -> Iterator[ThreadTuner | None]:
+        """``train.threads=auto`` on the CPU: a :class:`~ddpm.threads.ThreadTuner` that times each training step,
+        each of its choices a ``threads`` record in metrics.jsonl; torch's thread count is restored when fit()
+        ends. None otherwise (a fixed count was set in ``__init__``)."""
+        if self.config.train.threads != "auto" or self.device.type != "cpu":
+            yield None
+            return
+
+        def log(choice: Choice) -> None:
+            rec = {"step": self.step, "threads": choice.threads, "threads_reason": choice.reason}
+            _jsonl(metrics, {**rec, "step_s": {str(k): v for k, v in choice.step_s.items()}})
+
+        with thread_scope("auto", self.device, ThreadTuner(on_choice=log)) as tuner:
+            yield tuner
+
     def _validate(self) -> float | None:
         val = dist_lib.broadcast_float(self.validation_loss(), device=self.device)  # ranks decide as rank 0
         if val is None:
@@ -804,13 +825,13 @@ class Trainer:
             bar = tqdm(total=total, initial=self.step, desc="train", dynamic_ncols=True, file=sys.stderr)
         window_loss, window_n, window_images, window_start = 0.0, 0, 0, self.clock()
         last_saved = self.step if latest_checkpoint(self.ckpt_dir) else -1
-        with self._signals():
+        with self._signals(), self._thread_tuning(metrics) as tuner:
             while self.step < self.total_steps:
                 if self._should_stop(deadline):
                     break
                 if tc.max_minutes:
                     self._time_progress = self._elapsed() / (60 * tc.max_minutes)
-                out = self.train_step()
+                out = tuner.run(self.train_step) if tuner is not None else self.train_step()
                 if out is None:
                     _jsonl(
                         metrics,
@@ -822,7 +843,7 @@ class Trainer:
                 window_images += out["images"]
                 if bar is not None:
                     bar.update(1)
-                    bar.set_postfix(loss=f"{out['loss']:.4f}", refresh=False)
+                    bar.set_postfix(loss=f"{out['loss']:.4f}", **_threads_postfix(tuner), refresh=False)
                 now = self.clock()
                 last = self.step == self.total_steps or self._stop_reason is not None or now >= deadline
                 if self.step % tc.log_every == 0 or last:
@@ -845,7 +866,12 @@ class Trainer:
                     if val is not None:
                         _jsonl(metrics, {"step": self.step, "val_loss": val, "best_val": self.best_val})
                         if bar is not None:
-                            bar.set_postfix(loss=f"{out['loss']:.4f}", val=f"{val:.4f}", refresh=False)
+                            bar.set_postfix(
+                                loss=f"{out['loss']:.4f}",
+                                val=f"{val:.4f}",
+                                **_threads_postfix(tuner),
+                                refresh=False,
+                            )
                 if tc.sample_every and self.step % tc.sample_every == 0 and self.dist.is_main:
                     self.sample_grid(self.run_dir / "samples" / f"step-{self.step:07d}.png")
                 if tc.checkpoint_every and self.step % tc.checkpoint_every == 0 and self._periodic_save():
@@ -897,6 +923,11 @@ class Trainer:
             {"step": self.step, "event": "end", **{k: v for k, v in summary.items() if k != "train_loss"}},
         )
         return summary
+
+
+def _threads_postfix(tuner: ThreadTuner | None) -> dict[str, int]:
+    """The progress bar's ``threads=N`` under ``train.threads=auto`` (the count in use, also while measuring)."""
+    return {"threads": tuner.threads} if tuner is not None else {}
 
 
 def _rank_seed(seed: int, rank: int, step: int = 0) -> int:
