@@ -15,6 +15,7 @@ import json
 import os
 import pickle
 import random
+import re
 import shutil
 import struct
 import tempfile
@@ -661,8 +662,9 @@ def test_fuzz_real_short_runs_work_or_fail_in_one_line_without_a_run_dir(sets, s
     code, stdout, err = run(capsys, *argv, *[a for k, v in sets for a in ("--set", f"{k}={v}")])
     event(f"exit {code}" + (" after training started" if "training " in err else ""))
     if code == 0:
-        assert "stopped at step" in stdout, (stdout, err)
-        assert 1 <= load_checkpoint(out).step <= int(steps)
+        reported = re.match(r"stopped at step (\d+) ", stdout.strip().splitlines()[-1])
+        assert reported, (stdout, err)
+        assert 1 <= int(reported[1]) == load_checkpoint(out).step <= int(steps)
     else:
         assert_one_line_error(code, err)
         if not any(ln.startswith("training ") for ln in err.splitlines()):
