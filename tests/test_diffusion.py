@@ -111,11 +111,160 @@ def test_training_losses_per_example_and_zero_for_oracle():
     assert torch.allclose(zero["loss"], (noise**2).mean(dim=(1, 2, 3)))
 
 
-def test_min_snr_weights():
-    d = GaussianDiffusion(NoiseSchedule.linear(1000), prediction="v", weighting="min_snr", min_snr_gamma=5.0)
-    t = torch.tensor([0, 999])
-    snr = d.schedule.alphas_cumprod[t] / (1 - d.schedule.alphas_cumprod[t])
-    assert torch.allclose(d.mse_weight(t).double(), snr.clamp(max=5) / (snr + 1), rtol=1e-6)
+# --------------------------------------------------------------------------- losses against hand computations
+def _by_hand(betas: torch.Tensor, t: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Ho et al. eq. 4 and 6–7 from β alone, in float64, at indices t [N] (index t holds β_{t+1}): [N, 1, 1, 1]."""
+    b = betas.double()
+    ab = torch.cumprod(1 - b, 0)
+    ab_prev = torch.cat([torch.ones(1, dtype=torch.float64), ab[:-1]])
+    post_var = b * (1 - ab_prev) / (1 - ab)
+    # β̃ is 0 at index 0; its log is taken from index 1 there (Ho et al.'s and improved-diffusion's clip).
+    post_log_var = torch.log(torch.cat([post_var[1:2], post_var[1:]]))
+    return {
+        k: v[t].view(-1, 1, 1, 1)
+        for k, v in dict(beta=b, ab=ab, ab_prev=ab_prev, post_var=post_var, post_log_var=post_log_var).items()
+    }
+
+
+def _vlb_term_by_hand(c, t, x0, x_t, eps_hat, v_out) -> torch.Tensor:
+    """L_t in bits/dim per example [N] for an ε-prediction network with Improved DDPM's learned Σ (eq. 15).
+
+    t > 0: KL(q(x_{t−1}|x_t, x₀) ‖ p_θ(x_{t−1}|x_t)) between two Gaussians in closed form; t = 0: −log p_θ(x₀|x₁)
+    under the discretized decoder of Ho et al. §3.3 (bins of width 2/255, the edge bins open to ±∞).
+    """
+    ab, ab_prev, beta = c["ab"], c["ab_prev"], c["beta"]
+    x0_hat = (x_t - (1 - ab).sqrt() * eps_hat) / ab.sqrt()
+    coef_x0, coef_xt = beta * ab_prev.sqrt() / (1 - ab), (1 - ab_prev) * (1 - beta).sqrt() / (1 - ab)
+    mu_q, mu_p = coef_x0 * x0 + coef_xt * x_t, coef_x0 * x0_hat + coef_xt * x_t
+    frac = (v_out + 1) / 2
+    lv_p, lv_q = frac * torch.log(beta) + (1 - frac) * c["post_log_var"], c["post_log_var"]
+    kl = 0.5 * (-1 + lv_p - lv_q + torch.exp(lv_q - lv_p) + (mu_q - mu_p) ** 2 * torch.exp(-lv_p))
+    sd, zero = torch.exp(0.5 * lv_p), t == 0  # the decoder only where t = 0 (elsewhere its bins underflow)
+    x, mu, sd = x0[zero], mu_p[zero], sd[zero]
+    upper = torch.where(x > 0.999, torch.inf, (x + 1 / 255 - mu) / sd)
+    lower = torch.where(x < -0.999, -torch.inf, (x - 1 / 255 - mu) / sd)
+    decoder_nll = -torch.log(torch.special.ndtr(upper) - torch.special.ndtr(lower))
+    per_example = torch.zeros(len(t), dtype=kl.dtype)
+    per_example = per_example.index_put((zero.nonzero()[:, 0],), decoder_nll.flatten(1).mean(1))
+    per_example = per_example.index_put(((~zero).nonzero()[:, 0],), kl[~zero].flatten(1).mean(1))
+    return per_example / math.log(2)
+
+
+def _assert_rows_close(a: torch.Tensor, b: torch.Tensor, rtol: float = 1e-4) -> None:
+    """‖a_i − b_i‖ ≤ rtol·‖b_i‖ for every example i (float32 code against a float64 hand computation)."""
+    a, b = a.double().flatten(1), b.double().flatten(1)
+    err, scale = (a - b).norm(dim=1), b.norm(dim=1)
+    assert (err <= rtol * scale).all(), (err / scale).tolist()
+
+
+def _learned_variance_case():
+    """Fixed 8-bit images (both edge bins used), noise, t (0 twice) and an ε / variance output near the truth."""
+    T = 50
+    g = torch.Generator().manual_seed(11)
+    x0 = (torch.randint(0, 256, (6, 2, 3, 3), generator=g) * 2 - 255).float() / 255
+    x0[0, 0, 0, :2] = torch.tensor([-1.0, 1.0])
+    noise = torch.randn(x0.shape, generator=g)
+    t = torch.tensor([0, 0, 1, 7, T // 2, T - 1])
+    eps_hat = noise + 0.3 * torch.randn(x0.shape, generator=g)
+    v_out = torch.rand(x0.shape, generator=g) * 2 - 1
+    return NoiseSchedule.cosine(T), x0, noise, t, torch.cat([eps_hat, v_out], dim=1)
+
+
+def test_hybrid_loss_is_l_simple_plus_lambda_T_l_t():
+    """Improved DDPM §3.1: L_hybrid = L_simple + λ L_vlb with λ = 0.001, L_vlb estimated at a uniform t as T·L_t
+    (improved-diffusion: ``vb * num_timesteps / 1000``), the mean frozen in the L_vlb term; L_t in bits/dim."""
+    from ddpm.config import DiffusionConfig, get_preset, preset_names
+    from ddpm.train import build_diffusion
+
+    schedule, x0, noise, t, out = _learned_variance_case()
+    T, C = len(schedule), x0.shape[1]
+    c = _by_hand(schedule.betas, t)
+    x0d, noised = x0.double(), noise.double()
+    x_t = c["ab"].sqrt() * x0d + (1 - c["ab"]).sqrt() * noised
+
+    def by_hand(output, stop_gradient):
+        eps_hat, v_out = output[:, :C].double(), output[:, C:].double()
+        l_simple = ((noised - eps_hat) ** 2).flatten(1).mean(1)
+        l_t = _vlb_term_by_hand(c, t, x0d, x_t, eps_hat.detach() if stop_gradient else eps_hat, v_out)
+        return l_simple, l_t
+
+    config_default = DiffusionConfig(schedule="cosine", timesteps=T, variance="learned_range", loss="hybrid")
+    assert config_default.vlb_weight == 0.001
+    for d in (
+        GaussianDiffusion(schedule, variance="learned_range", loss="hybrid"),
+        build_diffusion(config_default),
+    ):
+        assert d.vlb_weight == 0.001
+        net_out = out.clone().requires_grad_(True)
+        terms = d.training_losses(lambda x, tt, o=net_out: o, x0, t, noise)
+        hand_out = out.clone().requires_grad_(True)
+        l_simple, l_t = by_hand(hand_out, stop_gradient=True)
+        expected = l_simple + 0.001 * T * l_t
+        assert (0.001 * T * l_t > 1e-3 * l_simple).all()  # the VLB part is 10× the tolerance below, or more
+        assert torch.allclose(terms["mse"].double(), l_simple, rtol=1e-5)
+        assert torch.allclose(terms["vb"].double(), T * l_t, rtol=1e-4)
+        assert torch.allclose(terms["loss"].double(), expected, rtol=1e-4)
+        terms["loss"].sum().backward()
+        expected.sum().backward()
+        # the ε channels see only L_simple, the variance channels only λ·T·L_t
+        _assert_rows_close(net_out.grad, hand_out.grad)
+    # L_vlb alone trains mean and variance together: T·L_t, no stop-gradient
+    d = GaussianDiffusion(schedule, variance="learned_range", loss="vlb")
+    net_out, hand_out = out.clone().requires_grad_(True), out.clone().requires_grad_(True)
+    terms = d.training_losses(lambda x, tt: net_out, x0, t, noise)
+    l_t = by_hand(hand_out, stop_gradient=False)[1]
+    assert torch.allclose(terms["loss"].double(), T * l_t, rtol=1e-4)
+    terms["loss"].sum().backward()
+    (T * l_t).sum().backward()
+    _assert_rows_close(net_out.grad, hand_out.grad)
+    assert net_out.grad[:, :C].abs().max() > 0
+    # every hybrid preset uses the paper's λ
+    hybrid = [n for n in preset_names() if get_preset(n).diffusion.loss == "hybrid"]
+    assert hybrid and all(get_preset(n).diffusion.vlb_weight == 0.001 for n in hybrid), hybrid
+
+
+@pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
+def test_min_snr_loss_is_hang_et_al_in_every_parameterization(prediction):
+    """Min-SNR-γ (Hang et al. 2023): the loss is min(SNR_t, γ)·‖x₀ − x̂₀‖², whatever the network predicts.
+
+    The MSE is taken in the prediction's own space, where ‖ε − ε̂‖² = SNR_t ‖x₀ − x̂₀‖² and
+    ‖v − v̂‖² = (SNR_t + 1) ‖x₀ − x̂₀‖², so the weight is min(SNR, γ)/SNR for ε, min(SNR, γ) for x₀ and
+    min(SNR, γ)/(SNR + 1) for v.
+    """
+    gamma = 5.0
+    schedule = NoiseSchedule.linear(1000)
+    d = GaussianDiffusion(schedule, prediction=prediction, weighting="min_snr", min_snr_gamma=gamma)
+    t = torch.tensor([0, 40, 100, 130, 200, 500, 999])
+    c = _by_hand(schedule.betas, t)
+    ab = c["ab"]
+    snr = (ab / (1 - ab)).flatten()
+    assert (snr > 2 * gamma).any() and (snr < gamma / 2).any()  # the clip bites at some t and not at others
+    g = torch.Generator().manual_seed(5)
+    x0 = torch.rand(len(t), 2, 4, 4, generator=g, dtype=torch.float64) * 2 - 1
+    noise = torch.randn(x0.shape, generator=g, dtype=torch.float64)
+    out = torch.randn(x0.shape, generator=g, dtype=torch.float64)
+    x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
+    target = {"eps": noise, "x0": x0, "v": ab.sqrt() * noise - (1 - ab).sqrt() * x0}[prediction]
+    mse = ((target - out) ** 2).flatten(1).mean(1)
+    clipped = snr.clamp(max=gamma)
+    weight = {"eps": clipped / snr, "x0": clipped, "v": clipped / (snr + 1)}[prediction]
+    x0_hat = {
+        "eps": (x_t - (1 - ab).sqrt() * out) / ab.sqrt(),
+        "x0": out,
+        "v": ab.sqrt() * x_t - (1 - ab).sqrt() * out,
+    }[prediction]
+
+    terms = d.training_losses(lambda x, tt: out, x0, t, noise)
+    assert torch.allclose(d.mse_weight(t).double(), weight, rtol=1e-6)
+    assert torch.allclose(terms["mse"].double(), mse, rtol=1e-5)
+    assert torch.allclose(terms["loss"].double(), weight * mse, rtol=1e-5)
+    assert torch.allclose(
+        terms["loss"].double(), clipped * ((x0 - x0_hat) ** 2).flatten(1).mean(1), rtol=1e-5
+    )
+    plain = GaussianDiffusion(schedule, prediction=prediction).training_losses(
+        lambda x, tt: out, x0, t, noise
+    )
+    assert torch.allclose(plain["loss"].double(), mse, rtol=1e-5)  # no weighting: L_simple in that space
 
 
 def test_hybrid_loss_stops_gradient_on_mean():

@@ -7,6 +7,7 @@ non-zero exit — never a traceback, never an "internal error", and a failed sta
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import errno
 import io
@@ -14,6 +15,7 @@ import json
 import os
 import pickle
 import random
+import re
 import shutil
 import struct
 import tempfile
@@ -38,11 +40,15 @@ from ddpm.cli import main
 from ddpm.config import Config, preset_names
 from ddpm.data import DataError, load_folder
 
-# Hypothesis examples of `ddpm train --dry-run` and of real `ddpm train --max-steps 1|2` runs (raise them through the
-# environment for a longer local hunt, e.g. DDPM_FUZZ_DRY_RUNS=5000).
-FUZZ_DRY_RUNS = int(os.environ.get("DDPM_FUZZ_DRY_RUNS", 200))
-FUZZ_REAL_RUNS = int(os.environ.get("DDPM_FUZZ_REAL_RUNS", 30))
-FUZZ_SAMPLE_RUNS = int(os.environ.get("DDPM_FUZZ_SAMPLE_RUNS", 100))  # `ddpm sample` arguments
+# Hypothesis examples of `ddpm train --dry-run`, of real `ddpm train --max-steps 1|2` runs and of `ddpm sample`
+# arguments (raise them through the environment for a longer local hunt, e.g. DDPM_FUZZ_DRY_RUNS=5000). The README's
+# reliability table quotes their sum per test run.
+FUZZ_DEFAULTS = {"DDPM_FUZZ_DRY_RUNS": 200, "DDPM_FUZZ_REAL_RUNS": 30, "DDPM_FUZZ_SAMPLE_RUNS": 100}
+FUZZ_DRY_RUNS, FUZZ_REAL_RUNS, FUZZ_SAMPLE_RUNS = (
+    int(os.environ.get(k, v)) for k, v in FUZZ_DEFAULTS.items()
+)
+# How many examples each fuzz test has run in this session (checked against the README at the end of the file).
+FUZZ_EXAMPLES_RUN: collections.Counter[str] = collections.Counter()
 TINY = ["--set", "data.limit=64", "--set", "train.threads=1", "--no-progress"]
 
 
@@ -587,6 +593,7 @@ def fuzz_root(tmp_path_factory):
 )
 @given(args=_argv(real=False))
 def test_fuzz_train_dry_run_works_or_fails_in_one_line(args, capsys, fuzz_root):
+    FUZZ_EXAMPLES_RUN["DDPM_FUZZ_DRY_RUNS"] += 1
     out = fuzz_root / f"dry{next(_counter)}"
     code, stdout, err = run(capsys, "train", "--dry-run", "--out", str(out), *args)
     event(f"exit {code}")
@@ -649,13 +656,15 @@ def _real_value(key: str) -> st.SearchStrategy[str]:
     steps=st.sampled_from(["1", "2"]),
 )
 def test_fuzz_real_short_runs_work_or_fail_in_one_line_without_a_run_dir(sets, steps, capsys, fuzz_root):
+    FUZZ_EXAMPLES_RUN["DDPM_FUZZ_REAL_RUNS"] += 1
     out = fuzz_root / f"real{next(_counter)}"
     argv = ["train", "--preset", "tiny", "--out", str(out), "--max-steps", steps, *TINY]
     code, stdout, err = run(capsys, *argv, *[a for k, v in sets for a in ("--set", f"{k}={v}")])
     event(f"exit {code}" + (" after training started" if "training " in err else ""))
     if code == 0:
-        assert "stopped at step" in stdout, (stdout, err)
-        assert 1 <= load_checkpoint(out).step <= int(steps)
+        reported = re.match(r"stopped at step (\d+) ", stdout.strip().splitlines()[-1])
+        assert reported, (stdout, err)
+        assert 1 <= int(reported[1]) == load_checkpoint(out).step <= int(steps)
     else:
         assert_one_line_error(code, err)
         if not any(ln.startswith("training ") for ln in err.splitlines()):
@@ -699,6 +708,7 @@ SAMPLE_FLAGS = st.one_of(
 )
 @given(flags=st.lists(SAMPLE_FLAGS, max_size=4))
 def test_fuzz_sample_arguments_work_or_fail_in_one_line(flags, trained, capsys, fuzz_root):
+    FUZZ_EXAMPLES_RUN["DDPM_FUZZ_SAMPLE_RUNS"] += 1
     where = fuzz_root / f"sample{next(_counter)}"
     where.mkdir()
     argv = ["sample", "--run", str(trained), "--n", "2", "--steps", "2", "--out", str(where / "default.npz")]
@@ -785,6 +795,23 @@ def test_dry_run_refuses_what_a_real_run_refuses(capsys):
 
 
 def test_fuzz_figures_are_what_the_readme_quotes():
+    """The reliability table's fuzzing row: its per-run count is the sum of this file's defaults, and when the
+    fuzz tests above ran in this session (they come first in the file), each ran at least its share."""
+    root = Path(__file__).resolve().parents[1]
+    lines = (root / "README.md").read_text(encoding="utf-8").splitlines()
+    table = next(i for i, ln in enumerate(lines) if ln.startswith("| what was tried ("))
+    for name in ("tests/test_reliability.py", "tests/test_hostile_cli.py"):
+        assert name in lines[table] and (root / name).is_file()
+    row = next(ln for ln in lines[table:] if ln.startswith("| property-based CLI fuzzing (hypothesis)"))
+    what, count, failures = (c.strip() for c in row.strip().strip("|").split("|"))
+    assert what.endswith("per test run; one longer run"), what
+    per_run, longer = (int(v.strip().replace(",", "")) for v in count.split(";"))
+    assert per_run == sum(FUZZ_DEFAULTS.values()), (count, FUZZ_DEFAULTS)
+    assert longer > per_run
+    assert failures == "0 tracebacks, 0 partial run directories"
+    for key, default in FUZZ_DEFAULTS.items():
+        if FUZZ_EXAMPLES_RUN[key] and key not in os.environ:  # that fuzz test ran here, with the quoted count
+            assert FUZZ_EXAMPLES_RUN[key] >= default, (key, FUZZ_EXAMPLES_RUN[key])
     assert FUZZ_DRY_RUNS >= 100 and FUZZ_REAL_RUNS >= 10
     assert {"train.lr", "model.channel_mult", "diffusion.timesteps", "data.image_size"} <= set(FIELDS)
     assert "tiny" in preset_names()

@@ -9,7 +9,11 @@ import ddpm
 from ddpm import GaussianDiffusion, NoiseSchedule
 from ddpm.sampling import METHODS, SPACINGS, classifier_free_guidance, dpmpp, timestep_grid
 
-diffusers = pytest.importorskip("diffusers")
+
+@pytest.fixture
+def diffusers():
+    """The parity tests compare with diffusers' schedulers; only they skip when it is not installed."""
+    return pytest.importorskip("diffusers")
 
 
 @pytest.fixture(autouse=True)
@@ -27,14 +31,12 @@ def toy_model(x, t):
 
 
 # --------------------------------------------------------------------------- schedules vs diffusers
-def test_betas_match_diffusers():
-    from diffusers import DDPMScheduler
-
+def test_betas_match_diffusers(diffusers):
     for ours, kind in (
         (NoiseSchedule.linear(1000), "linear"),
         (NoiseSchedule.cosine(1000), "squaredcos_cap_v2"),
     ):
-        ref = DDPMScheduler(num_train_timesteps=1000, beta_schedule=kind)
+        ref = diffusers.DDPMScheduler(num_train_timesteps=1000, beta_schedule=kind)
         assert torch.allclose(ours.betas.float(), ref.betas, atol=1e-6)
         assert torch.allclose(ours.alphas_cumprod.float(), ref.alphas_cumprod, atol=1e-6)
 
@@ -42,10 +44,8 @@ def test_betas_match_diffusers():
 @pytest.mark.parametrize("variance", ["fixed_small", "fixed_large"])
 @pytest.mark.parametrize("t", [999, 500, 1])
 @pytest.mark.parametrize("clip", [False, True])
-def test_one_ancestral_step_matches_diffusers(variance, t, clip):
-    from diffusers import DDPMScheduler
-
-    ref = DDPMScheduler(
+def test_one_ancestral_step_matches_diffusers(variance, t, clip, diffusers):
+    ref = diffusers.DDPMScheduler(
         num_train_timesteps=1000, beta_schedule="linear", variance_type=variance, clip_sample=clip
     )
     d = GaussianDiffusion(NoiseSchedule.linear(1000), variance=variance)
@@ -60,11 +60,9 @@ def test_one_ancestral_step_matches_diffusers(variance, t, clip):
     assert torch.allclose(ours, expected, atol=2e-4)
 
 
-def test_respaced_ddpm_loop_matches_diffusers():
+def test_respaced_ddpm_loop_matches_diffusers(diffusers):
     """20 ancestral steps on the 'leading' grid: diffusers recomputes β from ᾱ just as Improved DDPM §4."""
-    from diffusers import DDPMScheduler
-
-    ref = DDPMScheduler(
+    ref = diffusers.DDPMScheduler(
         num_train_timesteps=1000, beta_schedule="linear", clip_sample=False, timestep_spacing="leading"
     )
     ref.set_timesteps(20)
@@ -91,10 +89,8 @@ def test_respaced_ddpm_loop_matches_diffusers():
 @pytest.mark.parametrize("eta", [0.0, 1.0])
 @pytest.mark.parametrize("clip", [False, True])
 @pytest.mark.parametrize("prediction,ptype", [("eps", "epsilon"), ("v", "v_prediction"), ("x0", "sample")])
-def test_ddim_50_step_loop_matches_diffusers(spacing, eta, clip, prediction, ptype):
-    from diffusers import DDIMScheduler
-
-    ref = DDIMScheduler(
+def test_ddim_50_step_loop_matches_diffusers(spacing, eta, clip, prediction, ptype, diffusers):
+    ref = diffusers.DDIMScheduler(
         num_train_timesteps=1000,
         beta_schedule="linear",
         clip_sample=clip,
@@ -153,17 +149,15 @@ def test_dpmpp_first_order_equals_ddim():
 
 @pytest.mark.parametrize("final,sigmas", [("x0", "zero"), ("t0", "sigma_min")])
 @pytest.mark.parametrize("prediction,ptype", [("eps", "epsilon"), ("v", "v_prediction")])
-def test_dpmpp_2m_matches_diffusers(final, sigmas, prediction, ptype):
+def test_dpmpp_2m_matches_diffusers(final, sigmas, prediction, ptype, diffusers):
     """Our 2M step integrates the line through the last two x̂₀ exactly: diffusers' solver_type="heun" form.
 
     On the same grid (custom timesteps) and model outputs the whole 20-step loop agrees; ``final="t0"`` stops at
     t = 0 as diffusers' final_sigmas_type="sigma_min", ``final="x0"`` goes to σ = 0 as its "zero".
     """
-    from diffusers import DPMSolverMultistepScheduler
-
     d = GaussianDiffusion(NoiseSchedule.linear(1000), prediction=prediction)
     points = timestep_grid(1000, 20 + (final == "t0"), "logsnr_soft", d.schedule)
-    ref = DPMSolverMultistepScheduler(
+    ref = diffusers.DPMSolverMultistepScheduler(
         num_train_timesteps=1000, solver_type="heun", final_sigmas_type=sigmas, prediction_type=ptype
     )
     ref.set_timesteps(timesteps=list(reversed(points[1:] if final == "t0" else points)))

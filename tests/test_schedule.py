@@ -40,17 +40,33 @@ def test_linear_endpoints_and_terminal_alpha_bar():
     assert NoiseSchedule.cosine(1000).alphas_cumprod[-1] < 1e-6
 
 
-@pytest.mark.parametrize("T", [50, 1000, 4000])
+@pytest.mark.parametrize("T", [1, 50, 1000, 4000])
 def test_cosine_alpha_bar_follows_its_formula(T):
-    s = NoiseSchedule.cosine(T)
-    t = torch.arange(1, T + 1, dtype=torch.float64)
-    formula = cosine_alpha_bar(t / T) / cosine_alpha_bar(torch.zeros(1, dtype=torch.float64))
-    unclipped = s.betas < 0.999
-    # Before the β ≤ 0.999 clip bites, ᾱ_t is exactly f(t)/f(0) (eq. 17).
-    first_clip = int((~unclipped).nonzero()[0]) if (~unclipped).any() else T
-    assert first_clip >= T - 2
-    assert torch.allclose(s.alphas_cumprod[:first_clip], formula[:first_clip], rtol=1e-10, atol=1e-14)
-    assert s.betas.max() <= 0.999
+    """Nichol & Dhariwal 2021 eq. 17 written out: ᾱ(t) = f(t)/f(0), f(t) = cos²(((t/T + s)/(1 + s))·π/2),
+    s = 0.008, and β(t) = min(1 − ᾱ(t)/ᾱ(t−1), 0.999) (§3.2). Index i holds β(i+1), so alphas_cumprod[i] = ᾱ(i+1)."""
+    s = 0.008
+    f = [math.cos((k / T + s) / (1 + s) * math.pi / 2) ** 2 for k in range(T + 1)]
+    alpha_bar = [fk / f[0] for fk in f]  # ᾱ(0) = 1 … ᾱ(T)
+    betas = torch.tensor(
+        [min(1 - alpha_bar[i + 1] / alpha_bar[i], 0.999) for i in range(T)], dtype=torch.float64
+    )
+    sched = NoiseSchedule.cosine(T)
+    assert torch.allclose(sched.betas, betas, rtol=1e-12, atol=1e-15)  # 1 − ratio: float64 cancellation
+    # f(T) = cos²(π/2) = 0: the last β is the clip's 0.999, and only the last few steps reach it
+    clipped = (betas == 0.999).nonzero().flatten().tolist()
+    assert (
+        sched.betas[-1].item() == 0.999 and clipped == list(range(T - len(clipped), T)) and len(clipped) <= 2
+    )
+    # before the clip bites, ᾱ is f(t)/f(0) itself
+    first_clip = clipped[0]
+    expected = torch.tensor(alpha_bar[1 : first_clip + 1], dtype=torch.float64)
+    assert torch.allclose(sched.alphas_cumprod[:first_clip], expected, rtol=1e-10, atol=1e-14)
+    assert torch.allclose(sched.alphas_cumprod, torch.cumprod(1 - betas, 0), rtol=1e-10, atol=0)
+    # the public helper is f itself (t already divided by T)
+    grid = torch.arange(T + 1, dtype=torch.float64) / T
+    assert torch.allclose(
+        cosine_alpha_bar(grid, s), torch.tensor(f, dtype=torch.float64), rtol=1e-12, atol=1e-30
+    )
 
 
 def test_posterior_quantities():
