@@ -11,7 +11,7 @@ from torch import nn
 from ddpm.checkpoint import CheckpointError, list_checkpoints, load_checkpoint
 from ddpm.config import apply_overrides, get_preset
 from ddpm.train import EMA, Trainer
-from ddpm.trainstate import TrainProgress
+from ddpm.train.progress import TrainProgress
 
 
 def tiny(*overrides):

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ...nn.params import weight_decay_groups
 from .errors import ClassifierDivergedError, ClassifierError
 from .network import PRESETS, Classifier, ClassifierConfig, _build
 from .prediction import _bf16_ok, predict_logits
@@ -232,16 +233,9 @@ def train_classifier(
     model.init_whitening(to_float(whiten_sample.to(dev)))
     model = model.to(memory_format=torch.channels_last)
 
-    decay, no_decay = [], []
-    for name, prm in model.named_parameters():
-        if name.startswith("whiten."):
-            prm.requires_grad_(False)
-        elif prm.ndim > 1:
-            decay.append(prm)
-        else:
-            no_decay.append(prm)
+    model.whiten.requires_grad_(False)  # the whitening stem is fixed by init_whitening
     opt = torch.optim.SGD(
-        [{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}],
+        weight_decay_groups(model, wd),
         lr=lr,
         momentum=0.9,
         nesterov=True,

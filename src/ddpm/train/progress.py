@@ -17,8 +17,8 @@ from typing import Any
 
 from torch import Tensor
 
-from .checkpoint import CheckpointError, _remove_checkpoint, load_checkpoint, save_checkpoint
-from .config import Config
+from ..checkpoint import CheckpointError, _remove_checkpoint, load_checkpoint, save_checkpoint
+from ..config import Config
 
 __all__ = [
     "TrainProgress",
@@ -108,3 +108,17 @@ def prune_best_weights(ckpt_dir: str | Path, keep_step: int | None) -> None:
     for p in root.iterdir():
         if p.name.startswith("best-") and p.name != keep and p.is_dir():
             _remove_checkpoint(p)
+
+
+class _ProgressField:
+    """A :class:`Trainer` attribute that lives in its :class:`TrainProgress` (``trainer.step`` is
+    ``trainer.run_progress.step``)."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj: Any, objtype: type | None = None) -> Any:
+        return self if obj is None else getattr(obj.run_progress, self.name)
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        setattr(obj.run_progress, self.name, value)
