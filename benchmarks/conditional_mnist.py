@@ -135,7 +135,8 @@ def main() -> None:
             "n": len(labels),
             "sample_seconds": round(time.monotonic() - t0, 1),
         }
-        images = pad_images(images, 32)  # the judge is trained on 32×32 digits; 28×28 samples get their border
+        # The judge is trained on 32×32 digits; 28×28 samples get their border.
+        images = pad_images(images, 32)
         if judge is not None:
             r["agreement"] = round(agreement(judge, images, labels), 4)
             r["per_digit"] = {

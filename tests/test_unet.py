@@ -15,7 +15,7 @@ from ddpm.interop.diffusers import (
     unet_to_diffusers_state_dict,
 )
 from ddpm.nn import presets
-from ddpm.nn.unet import SinusoidalEmbedding, UNet, UNetConfig
+from ddpm.nn.unet import Downsample, SinusoidalEmbedding, UNet, UNetConfig, Upsample
 
 HO_CIFAR10_PARAMS = 35_746_307  # Ho et al. 2020's CIFAR-10 network = diffusers google/ddpm-cifar10-32
 
@@ -453,9 +453,12 @@ def test_config_dict_round_trip_and_lists():
 def test_patch_size_is_pixel_unshuffle_around_a_patch_one_network(size):
     """UNet(patch 2)(x) = pixel_shuffle(UNet'(pixel_unshuffle(x))) with UNet' the same weights on 4·C channels;
     sizes not divisible by 2 are edge-padded first and cropped after."""
-    base = presets.unet_config("tiny", zero_init=False, in_channels=2, out_channels=2)  # 16 px, attention at 8
+    # 16 px, attention at 8
+    base = presets.unet_config("tiny", zero_init=False, in_channels=2, out_channels=2)
     patched = UNet(dataclasses.replace(base, patch_size=2, attention_resolutions=(4,)))
-    inner = UNet(dataclasses.replace(base, in_channels=8, out_channels=8, image_size=8, attention_resolutions=(4,)))
+    inner = UNet(
+        dataclasses.replace(base, in_channels=8, out_channels=8, image_size=8, attention_resolutions=(4,))
+    )
     inner.load_state_dict(patched.state_dict())
     assert patched.config.level_resolutions == (8, 4)
     x, t = torch.randn(3, 2, size, size), torch.tensor([0, 10, 99])
@@ -464,3 +467,30 @@ def test_patch_size_is_pixel_unshuffle_around_a_patch_one_network(size):
     out = patched(x, t)
     assert out.shape == x.shape
     torch.testing.assert_close(out, expected[..., :size, :size])
+
+
+@pytest.mark.parametrize("kind", ["maxpool", "avgpool"])
+def test_pooling_downsample_halves_with_ceiling(kind):
+    """Each output is the max / mean of its 2×2 window; at an odd edge the window holds the pixels that exist."""
+    torch.manual_seed(0)
+    down = Downsample(3, kind, "tf_same")
+    assert not list(down.parameters())
+    x = torch.randn(2, 3, 5, 6)
+    fill = float("-inf") if kind == "maxpool" else 0.0
+    padded = torch.nn.functional.pad(x, (0, 0, 0, 1), value=fill).unflatten(2, (3, 2)).unflatten(4, (3, 2))
+    if kind == "maxpool":
+        expected = padded.amax(dim=(3, 5))
+    else:
+        count = torch.tensor([2.0, 2.0, 1.0]).view(3, 1) * 2  # rows in each window × 2 columns
+        expected = padded.sum(dim=(3, 5)) / count
+    torch.testing.assert_close(down(x), expected)
+
+
+def test_nearest_upsample_repeats_pixels_to_the_skip_size():
+    torch.manual_seed(0)
+    up = Upsample(3, "nearest")
+    assert not list(up.parameters())
+    x = torch.randn(2, 3, 4, 5)
+    torch.testing.assert_close(up(x), x.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3))
+    rows, cols = (torch.arange(7) * 4) // 7, (torch.arange(9) * 5) // 9  # nearest: source ⌊i·h/H⌋
+    torch.testing.assert_close(up(x, (7, 9)), x[:, :, rows][:, :, :, cols])

@@ -308,7 +308,8 @@ class GaussianDiffusion:
         elif self.variance == "fixed_large":
             var, log_var = self._c("large_variance", t, x_t), self._c("large_log_variance", t, x_t)
             var, log_var = var.expand_as(x_t), log_var.expand_as(x_t)
-        else:
+        else:  # learned_range: split_output returned the variance half
+            assert var_out is not None
             # Improved DDPM eq. 15: Σ = exp(v log β_t + (1 − v) log β̃_t), v = (out + 1)/2 ∈ [0, 1].
             frac = (var_out.float() + 1.0) / 2.0
             min_log = self._c("posterior_log_variance_clipped", t, x_t)

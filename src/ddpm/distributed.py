@@ -94,13 +94,16 @@ def init_from_env(device_type: str = "cpu", timeout_minutes: float = 30.0) -> Di
             raise RuntimeError("WORLD_SIZE > 1 but this PyTorch build has no torch.distributed")
         backend = "nccl" if device_type == "cuda" else "gloo"
         local = _env_int("LOCAL_RANK", 0)
+        # device_id binds NCCL to this rank's GPU; it is passed only with CUDA (older torch lacks the argument).
+        extra: dict[str, Any] = {}
         if device_type == "cuda":
             torch.cuda.set_device(local)
+            extra["device_id"] = torch.device("cuda", local)
         dist.init_process_group(
             backend=backend,
             init_method="env://",
             timeout=datetime.timedelta(minutes=timeout_minutes),
-            **({"device_id": torch.device("cuda", local)} if device_type == "cuda" else {}),
+            **extra,
         )
         atexit.register(destroy)  # leave the group cleanly when the process ends (NCCL warns otherwise)
         info = DistInfo(dist.get_rank(), dist.get_world_size(), local, backend)

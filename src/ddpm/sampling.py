@@ -13,27 +13,24 @@ variances (2·C channels) and classifier-free guidance (a wrapped model) work wi
   at 10–20 steps.
 - :func:`dpmpp_2m_sde` — the stochastic DPM-Solver++(2M) (Lu et al. 2022, App. B "SDE-DPM-Solver++(2M)"): the
   ancestral chain's noise at second order. For imperfect (short-trained) networks stochastic samplers correct
-  their errors where the ODE solvers carry them to the end (a 3-minute MNIST model: FID 48 here, 45 ancestral,
-  102 UniPC).
+  their errors where the ODE solvers carry them to the end (the README's MNIST budget figures).
 - :func:`heun` — EDM's second-order Heun sampler (Karras et al. 2022, Algorithm 1, no churn), two evaluations a step.
 - :func:`sample` — dispatch by name, the public entry point.
 
 Notation (Lu et al. 2022): α_t = √ᾱ_t, σ_t = √(1−ᾱ_t), λ_t = log(α_t/σ_t) (half the log-SNR), and EDM's
 noise level σ̃_t = σ_t/α_t = e^{−λ_t} acting on y = x/α (x_t = α_t(x₀ + σ̃_t ε)).
 
-Defaults of the multistep solvers, from ``benchmarks/sampler_accuracy.py`` (RMS distance to the exact ODE solution,
-4-d Gaussian mixture, linear schedule, UniPC at 10 evaluations): the ``logsnr_soft`` grid gives 1.7e-2, against
-4.5e-2 for plain ``logsnr``, 6.2e-2 ``quadratic``, 1.5e-1 ``karras`` and 1.7e-1 time-uniform ``linspace``;
-``final="t0"`` gives 1.7e-2 against 2.3e-2 for ``final="x0"`` (at 5 evaluations 9.4e-2 against 1.5e-1). Stopping
-at t = 0 leaves x at ᾱ_0 = 1 − β_1, 9e-4 from where the exact flow ends at σ = 0 — the plateau of every solver from
-50 evaluations on; ending with x̂₀ there (``final="x0"``) plateaus at 1.0e-3, no closer.
+The defaults of the multistep solvers (the ``logsnr_soft`` grid, ``final="t0"``) are the most accurate choices on
+``benchmarks/sampler_accuracy.py`` (distance to the exact ODE solution of a Gaussian mixture; the figures are in the
+README). Stopping at t = 0 leaves x at ᾱ_0 = 1 − β_1, short of where the exact flow ends at σ = 0: that gap is the
+floor every solver reaches at large step counts, and ending with x̂₀ there (``final="x0"``) gets no closer.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, overload
 
 import torch
 from torch import Tensor
@@ -92,8 +89,6 @@ def timestep_grid(
         steps = T
     if not 1 <= steps <= T:
         raise ValueError(f"steps must be between 1 and T={T}, got {steps}")
-    if spacing in ("logsnr", "logsnr_soft", "karras") and schedule is None:
-        raise ValueError(f"spacing={spacing!r} needs the noise schedule")
     if spacing == "linspace":
         grid = torch.linspace(0, T - 1, steps, dtype=torch.float64).round().long()
     elif spacing == "leading":
@@ -105,17 +100,20 @@ def timestep_grid(
         grid = ((T - k * (T / steps)).round().long() - 1).flip(0)
     elif spacing == "quadratic":
         grid = (torch.linspace(0, (0.8 * T) ** 0.5, steps, dtype=torch.float64) ** 2).round().long()
-    elif spacing in ("logsnr", "logsnr_soft"):
+    elif spacing in ("logsnr", "logsnr_soft", "karras"):
+        if schedule is None:
+            raise ValueError(f"spacing={spacing!r} needs the noise schedule")
         lam = 0.5 * schedule.log_snr  # decreasing in t
-        if spacing == "logsnr_soft":
-            lam = torch.logaddexp(lam, torch.tensor(LOGSNR_KNEE, dtype=torch.float64))
-        grid = _nearest(lam, torch.linspace(float(lam[-1]), float(lam[0]), steps, dtype=torch.float64))
-        grid[0], grid[-1] = T - 1, 0
-    elif spacing == "karras":
-        lam = 0.5 * schedule.log_snr
-        lo, hi = math.exp(-float(lam[0])) ** (1 / KARRAS_RHO), math.exp(-float(lam[-1])) ** (1 / KARRAS_RHO)
-        sig = (lo + torch.linspace(0, 1, steps, dtype=torch.float64) * (hi - lo)) ** KARRAS_RHO
-        grid = _nearest(lam, -sig.log())
+        if spacing == "karras":
+            rho = KARRAS_RHO
+            lo, hi = math.exp(-float(lam[0])) ** (1 / rho), math.exp(-float(lam[-1])) ** (1 / rho)
+            sig = (lo + torch.linspace(0, 1, steps, dtype=torch.float64) * (hi - lo)) ** rho
+            grid = _nearest(lam, -sig.log())
+        else:
+            if spacing == "logsnr_soft":
+                lam = torch.logaddexp(lam, torch.tensor(LOGSNR_KNEE, dtype=torch.float64))
+            grid = _nearest(lam, torch.linspace(float(lam[-1]), float(lam[0]), steps, dtype=torch.float64))
+            grid[0], grid[-1] = T - 1, 0
     else:
         raise ValueError(f"unknown timestep spacing {spacing!r}; choose one of {', '.join(SPACINGS)}")
     grid = grid.sort().values
@@ -342,7 +340,7 @@ def dpmpp(
     - ``"t0"`` (default): the grid has ``steps`` + 1 points; the model is evaluated at all but the lowest, t = 0,
       where the solver stops and returns x_0 — every step has finite h, so every step keeps its order.
       x_0 still carries the forward process's first noise level σ̃_0 = √(β_1/(1−β_1)) (0.01 for the linear
-      schedule): far below the sampler error at ≤ 50 evaluations, a floor above it (see the benchmark).
+      schedule): far below the sampler error at small step counts, the floor under it at large ones (see the benchmark).
     - ``"x0"``: evaluate at all ``steps`` grid points and take the last step to σ = 0 (h = ∞): that step is first
       order whatever ``order`` is and returns x̂₀ at the lowest grid point (as DDIM and diffusers' default do).
 
@@ -420,8 +418,7 @@ def dpmpp_2m_sde(
     with D = x̂₀_i (``order=1``: exactly DDIM with η = 1, i.e. the ancestral sampler on the grid) or, at order 2,
     D = x̂₀_i + (x̂₀_i − x̂₀_k)/(2 r), r = (λ_i − λ_k)/h, from the previous evaluation k (the first step has none).
     Keep the λ-based default grid: on time-uniform grids h/(λ_i − λ_k) grows large near t = 0 and the
-    extrapolated D inflates the variance (exact moments on Gaussian data, 10 steps: 2.8 s² on ``linspace``,
-    1.03 s² on ``logsnr_soft``; the ancestral sampler gives 0.42 s²).
+    extrapolated D inflates the variance of the samples (checked on Gaussian data, whose exact moments are known).
     """
     if order not in (1, 2):
         raise ValueError(f"order must be 1 or 2, got {order}")
@@ -431,8 +428,8 @@ def dpmpp_2m_sde(
     for i in _progress(reversed(range(len(points))), len(points), progress):
         c.record(i, x)
         x0, _ = c.predict(x, i)
-        if i == 0:
-            return c.result(x0)
+        if i == 0:  # the step to σ = 0 (λ = ∞) lands on x̂₀
+            break
         j = i - 1
         h = c.lam[j] - c.lam[i]
         D = x0
@@ -443,7 +440,7 @@ def dpmpp_2m_sde(
         x = (s_j / s_i * math.exp(-h)) * x + (math.sqrt(c.abar[j]) * one_minus) * D
         x = x + (s_j * math.sqrt(one_minus)) * _randn_like(x, generator)
         prev = (i, x0)
-    return c.result(x)
+    return c.result(x0)  # the grid is never empty: the loop always ends at i = 0
 
 
 def unipc(
@@ -458,10 +455,10 @@ def unipc(
     """UniPC (Zhao et al. 2023) in data prediction: the DPM-Solver++ predictor of ``order`` plus the UniC corrector
     of one order more, with coefficients that integrate the interpolating polynomial exactly (cf. the paper's
     varying-coefficient variant; diffusers' UniPCMultistepScheduler uses the B(h) approximations instead).
-    :func:`dpmpp` with ``corrector=True``. The most accurate sampler per evaluation here: at 10 evaluations its
-    distance to the exact ODE solution on the benchmark's Gaussian mixture is 0.09× that of diffusers'
-    DPMSolverMultistepScheduler default, and at 20 evaluations 0.1× that of DDIM at 100. Keep the default grid:
-    on time-uniform ones the λ steps near t = 0 are very unequal and the high-order steps lose stability there."""
+    :func:`dpmpp` with ``corrector=True``. The most accurate sampler per evaluation here (against diffusers'
+    DPMSolverMultistepScheduler and DDIM on ``benchmarks/sampler_accuracy.py``; the figures are in the README).
+    Keep the default grid: on time-uniform ones the λ steps near t = 0 are very unequal and the high-order steps
+    lose stability there."""
     return dpmpp(model, diffusion, shape, steps, order=order, corrector=True, **kw)
 
 
@@ -486,7 +483,7 @@ def heun(
 
     Two evaluations per step: 2·``steps`` in all with ``final="t0"`` (the last step lands on t = 0 and is corrected
     too), 2·``steps`` − 1 with ``final="x0"`` (the last step goes to σ̃ = 0 by Euler: x̂₀, as in EDM). Kept for
-    comparison: on DDPM schedules (σ̃ up to 157 for the linear one) it needs ≳ 50 evaluations to beat DDIM and is
+    comparison: on DDPM schedules (σ̃ up to 157 for the linear one) it needs many evaluations to beat DDIM and is
     far behind the multistep solvers at any budget (``benchmarks/sampler_accuracy.py``).
     """
     points = _points(diffusion, steps, spacing, final)
@@ -525,6 +522,36 @@ METHODS: dict[str, Callable[..., Any]] = {
 }
 
 
+@overload
+def sample(
+    model: ModelFn,
+    diffusion: GaussianDiffusion,
+    shape: Sequence[int] | None,
+    method: str = ...,
+    steps: int | None = ...,
+    eta: float = ...,
+    generator: torch.Generator | None = ...,
+    noise: Tensor | None = ...,
+    clip_denoised: bool = ...,
+    *,
+    intermediates: None = ...,
+    **kw: Any,
+) -> Tensor: ...
+@overload
+def sample(
+    model: ModelFn,
+    diffusion: GaussianDiffusion,
+    shape: Sequence[int] | None,
+    method: str = ...,
+    steps: int | None = ...,
+    eta: float = ...,
+    generator: torch.Generator | None = ...,
+    noise: Tensor | None = ...,
+    clip_denoised: bool = ...,
+    *,
+    intermediates: Sequence[int],
+    **kw: Any,
+) -> tuple[Tensor, dict[int, Tensor]]: ...
 def sample(
     model: ModelFn,
     diffusion: GaussianDiffusion,
@@ -535,6 +562,8 @@ def sample(
     generator: torch.Generator | None = None,
     noise: Tensor | None = None,
     clip_denoised: bool = True,
+    *,
+    intermediates: Sequence[int] | None = None,
     **kw: Any,
 ) -> Tensor | tuple[Tensor, dict[int, Tensor]]:
     """Draw samples with the named sampler (a key of :data:`METHODS`).
@@ -542,7 +571,8 @@ def sample(
     ``model(x_t, t)`` returns the network output for x_t [N, C, H, W] and original timesteps t [N] (long).
     ``steps=None`` uses all T steps; ``noise`` is x_T (drawn from ``generator`` when None, never modified);
     ``clip_denoised`` clips x̂₀ to [−1, 1]. Extra keywords (``spacing``, ``final``, ``order``, ``device``,
-    ``intermediates``, ``progress`` …) go to the sampler. Runs under ``torch.no_grad``; returns the final x.
+    ``progress`` …) go to the sampler. Runs under ``torch.no_grad``; returns the final x, or ``(x, {t: x_t})``
+    when ``intermediates`` lists original timesteps to record (each taken at the nearest grid point).
     """
     if method not in METHODS:
         raise ValueError(f"unknown sampling method {method!r}; choose one of {', '.join(METHODS)}")
@@ -559,6 +589,7 @@ def sample(
             generator=generator,
             noise=noise,
             clip_denoised=clip_denoised,
+            intermediates=intermediates,
             **kw,
         )
 

@@ -302,8 +302,8 @@ def plot_alpha_bar(
     axes = fig.subplots(1, npanels, squeeze=False)[0]
     for i, (name, c) in enumerate(curves.items()):
         T = len(c["alpha_bar"])
-        t = torch.arange(T, dtype=torch.float64)
-        t = (t / T).numpy() if normalise else t.numpy()
+        steps = torch.arange(T, dtype=torch.float64)
+        t = (steps / T).numpy() if normalise else steps.numpy()
         color = f"C{i}"
         axes[0].plot(t, c["alpha_bar"].numpy(), color=color, lw=2, label=rf"{name}: $\bar\alpha_t$")
         if second != "sqrt_alpha_bar":
@@ -434,7 +434,7 @@ def csv_table(rows: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> str:
 # --------------------------------------------------------------------------------------------- training logs
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     """The records of a run's ``metrics.jsonl`` (lines that fail to parse are skipped)."""
-    out = []
+    out: list[dict[str, Any]] = []
     p = Path(path)
     if not p.is_file():
         return out

@@ -11,6 +11,7 @@ diffusers conversion (:mod:`ddpm.interop.diffusers`) rely on them. Also here: th
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -61,7 +62,7 @@ class SinusoidalEmbedding(nn.Module):
         exponent = -math.log(max_period) * torch.arange(half, dtype=torch.float32) / (half - freq_shift)
         self.register_buffer("freqs", torch.exp(exponent), persistent=False)
 
-    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> SinusoidalEmbedding:
         freqs = self.freqs
         super()._apply(fn, recurse)
         if self.freqs.dtype != torch.float32:  # keep the float32 values; follow device moves only
@@ -94,7 +95,7 @@ class TimestepEmbedding(nn.Module):
 
     def forward(self, t: Tensor, dtype: torch.dtype) -> Tensor:
         emb = self.sinusoid(t).to(dtype)
-        if self.linear_1 is not None:
+        if self.linear_1 is not None and self.linear_2 is not None:
             emb = self.linear_2(self.act(self.linear_1(emb)))
         return emb
 
@@ -112,7 +113,7 @@ def _dropout(module: nn.Module, x: Tensor) -> Tensor:
     """``module(x)``; for an ``nn.Dropout`` training on the CPU, the same dropout from a ``torch.rand`` mask.
 
     Keep with probability ``1 − p`` and scale by ``1 / (1 − p)``, as ``F.dropout``; on the CPU ``bernoulli_``
-    costs about twice ``rand`` (12 vs 5.5 ns per element here), which made dropout ~4% of a training step.
+    is much slower per element than ``rand`` and made dropout a visible share of a training step.
     """
     if isinstance(module, nn.Dropout) and module.training and x.device.type == "cpu" and 0 < module.p < 1:
         keep, scale = torch.rand(x.shape, device=x.device).ge_(module.p), 1 / (1 - module.p)
@@ -200,7 +201,7 @@ def _attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
 
     On the CPU in bf16/fp16 two batched matmuls around a softmax (float32 arithmetic inside PyTorch's kernel,
     output in the input dtype as the second matmul needs it) run several times faster than PyTorch's
-    flash-attention CPU kernel (≈5× forward, ≈2.5× forward+backward at L = 256, d = 256), so they are used there
+    flash-attention CPU kernel (``benchmarks/unet_throughput.py`` measures the network), so they are used there
     while the L×L scores stay small; everywhere else ``F.scaled_dot_product_attention``.
     """
     if q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16) and q.shape[-2] <= 1024:
@@ -260,10 +261,9 @@ class Downsample(nn.Module):
             self.conv = nn.Conv2d(channels, channels, 4, stride=2, padding=1)
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.kind == "maxpool":
-            return F.max_pool2d(x, 2, ceil_mode=True)
-        if self.kind == "avgpool":
-            return F.avg_pool2d(x, 2, ceil_mode=True)
+        if self.conv is None:  # "maxpool" / "avgpool": parameter-free
+            pool = F.max_pool2d if self.kind == "maxpool" else F.avg_pool2d
+            return pool(x, 2, ceil_mode=True)
         odd_h, odd_w = x.shape[-2] % 2, x.shape[-1] % 2
         if self.tf_same:  # total padding 1 on even sizes (0 left, 1 right), 2 on odd ones (1, 1)
             x = F.pad(x, (odd_w, 1, odd_h, 1))
@@ -291,6 +291,8 @@ class Upsample(nn.Module):
     def forward(self, x: Tensor, size: tuple[int, int] | None = None) -> Tensor:
         if size is None:
             size = (2 * x.shape[-2], 2 * x.shape[-1])
+        if self.conv is None:  # "nearest": parameter-free
+            return F.interpolate(x, size=size, mode="nearest")
         if self.kind == "transposed":
             x = self.conv(x)
             if tuple(x.shape[-2:]) != tuple(size):
@@ -299,13 +301,12 @@ class Upsample(nn.Module):
         if self.kind == "nearest_conv" and tuple(size) == (2 * x.shape[-2], 2 * x.shape[-1]):
             # Nearest ×2 then a 3×3 conv equals a 4×4 stride-2 transposed conv at the low resolution: each
             # output pixel sees 2×2 input pixels, with the 3×3 taps that land on the same one summed. 4/9 of the
-            # multiply-adds and no upsampled intermediate (about 2× faster on CPU). The kernel is derived in float32
-            # each call (~1 ms), so it follows the weights; autocast then casts it like any conv weight.
+            # multiply-adds and no upsampled intermediate (faster on CPU). The kernel is derived in float32 each
+            # call (cheap next to the conv), so it follows the weights; autocast then casts it like any conv weight.
             conv = self.conv
             assert isinstance(conv, nn.Conv2d)
             return F.conv_transpose2d(x, _subpixel_weight(conv.weight), conv.bias, stride=2, padding=1)
-        x = F.interpolate(x, size=size, mode="nearest")
-        return self.conv(x) if self.conv is not None else x
+        return self.conv(F.interpolate(x, size=size, mode="nearest"))
 
 
 def _subpixel_weight(weight: Tensor) -> Tensor:

@@ -29,7 +29,7 @@ _TORCH_DEFAULTS: dict[str, Any] = dict(weight_init="torch", zero_init=False, nor
 # Lesson "5.1 Diffusion Fundamentals", SimpleUNet: conv_in → [Res(64→64), Conv4×4/s2] → [Res(64→128), Conv4×4/s2]
 # → Res(128→128) → [ConvT4×4/s2, cat, Res(256→64)] → [ConvT4×4/s2, cat, Res(128→64)] → GN(8)·SiLU·Conv3×3;
 # time: sinusoid(256) → Linear → SiLU → Linear(256); GroupNorm(8), no dropout, no attention.
-_LESSON = dict(
+_LESSON: dict[str, Any] = dict(
     base_channels=64,
     channel_mult=(1, 2),
     num_res_blocks=1,
@@ -51,7 +51,7 @@ _LESSON = dict(
 # that alone receives the time embedding, nearest-neighbour upsampling, concatenated skips, a final conv that
 # also sees the input image. "Encoder block 3" (no pooling, §9.3 step 3) is the first bottleneck block here.
 # Decoder widths are not given; we keep each level's width, which reproduces the quoted ≈66 M of model 3.
-_PAPER = dict(
+_PAPER: dict[str, Any] = dict(
     block="conv",
     norm="none",
     base_channels=32,
@@ -71,7 +71,7 @@ _PAPER = dict(
 # Diffusion_model_2 (§9.5): an extra encoder/decoder block, SiLU + max-pooling, sinusoid → Linear·SiLU·Linear,
 # three γ-gated self-attention layers (§9.6; placed at 8×8 in the encoder, the bottleneck and the decoder, the
 # "deeper layers" of §9.6.4 — the paper does not say where).
-_PAPER_2 = dict(
+_PAPER_2: dict[str, Any] = dict(
     _PAPER,
     channel_mult=(1, 2, 4),
     mid_channel_mult=(8, 8),
@@ -84,7 +84,7 @@ _PAPER_2 = dict(
 )
 
 # Improved DDPM (Nichol & Dhariwal 2021) CIFAR-10 network, improved-diffusion's UNetModel with its CIFAR flags.
-_IDDPM = dict(
+_IDDPM: dict[str, Any] = dict(
     base_channels=128,
     channel_mult=(1, 2, 2, 2),
     num_res_blocks=3,

@@ -28,6 +28,9 @@ split (the blocks, :class:`UNetConfig`, the private fast-path helpers the tests 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -208,7 +211,7 @@ class UNet(nn.Module):
                     if m.bias is not None:
                         nn.init.zeros_(m.bias)
         if cfg.zero_init:  # Ho et al.'s init_scale=0 on conv2, proj_out and conv_out
-            zero = [self.conv_out]
+            zero: list[nn.Conv2d | nn.Linear] = [self.conv_out]
             for m in self.modules():
                 if isinstance(m, ResBlock):
                     zero.append(m.conv2)
@@ -216,7 +219,8 @@ class UNet(nn.Module):
                     zero.append(m.proj_out)
             for layer in zero:
                 nn.init.zeros_(layer.weight)
-                nn.init.zeros_(layer.bias)
+                if layer.bias is not None:
+                    nn.init.zeros_(layer.bias)
 
     # ------------------------------------------------------------------ forward
     def embed(self, t: Tensor | int | float, y: Tensor | None, batch: int, dtype: torch.dtype) -> Tensor:
@@ -243,10 +247,12 @@ class UNet(nn.Module):
         if p > 1:  # space-to-depth; sizes not divisible by p are padded (edge values) and cropped at the end
             x = F.pixel_unshuffle(F.pad(x, (0, -width % p, 0, -height % p), mode="replicate"), p)
         h = self.conv_in(x) if self.conv_in is not None else x
+        # nn.ModuleList iterates as nn.Module; its items here are UNetLevels (cast: no runtime effect).
+        down, up = cast("Sequence[UNetLevel]", self.down), cast("Sequence[UNetLevel]", self.up)
 
         if self.config.skip_connections == "block":
             skips = [h]
-            for level in self.down:
+            for level in down:
                 for j, block in enumerate(level.blocks):
                     h = block(h, level_emb)
                     if level.attns:
@@ -256,26 +262,29 @@ class UNet(nn.Module):
                     h = self._resample(level.downsample, h, level_emb, None)
                     skips.append(h)
             h = self.mid(h, emb)
-            for level in self.up:
+            for level in up:
                 for j, block in enumerate(level.blocks):
                     h = block(torch.cat([h, skips.pop()], dim=1), level_emb)
                     if level.attns:
                         h = level.attns[j](h)
                 if level.upsample is not None:
-                    h = self._resample(level.upsample, h, level_emb, tuple(skips[-1].shape[-2:]))
+                    size = (skips[-1].shape[-2], skips[-1].shape[-1])
+                    h = self._resample(level.upsample, h, level_emb, size)
         else:
             skips = []
-            for level in self.down:
+            for level in down:
                 for block in level.blocks:
                     h = block(h, level_emb)
                 if level.attns:
                     h = level.attns[0](h)
                 skips.append(h)
-                h = self._resample(level.downsample, h, level_emb, None)
+                if level.downsample is not None:  # always, with "level" skips
+                    h = self._resample(level.downsample, h, level_emb, None)
             h = self.mid(h, emb)
-            for level in self.up:
+            for level in up:
                 skip = skips.pop()
-                h = self._resample(level.upsample, h, level_emb, tuple(skip.shape[-2:]))
+                if level.upsample is not None:  # always, with "level" skips
+                    h = self._resample(level.upsample, h, level_emb, (skip.shape[-2], skip.shape[-1]))
                 h = torch.cat([h, skip], dim=1)
                 for block in level.blocks:
                     h = block(h, level_emb)
