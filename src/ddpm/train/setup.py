@@ -30,9 +30,9 @@ def validate_config(cfg: Config) -> None:
     for key, (value, low) in at_least.items():
         if value < low:
             raise ConfigError(f"{key} must be at least {low}, got {value}")
-    for key, value in (("train.ema_decay", tc.ema_decay), ("train.label_dropout", tc.label_dropout)):
-        if not 0.0 <= value <= 1.0:
-            raise ConfigError(f"{key} must be in [0, 1], got {value}")
+    for key, share in (("train.ema_decay", tc.ema_decay), ("train.label_dropout", tc.label_dropout)):
+        if not 0.0 <= share <= 1.0:
+            raise ConfigError(f"{key} must be in [0, 1], got {share}")
     if not 0.0 <= d.val_fraction < 1.0:
         raise ConfigError(f"data.val_fraction must be in [0, 1), got {d.val_fraction}")
     try:

@@ -14,9 +14,11 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 
 from .. import data as data_lib
 from .. import distributed as dist_lib
@@ -26,14 +28,14 @@ from ..nn.params import weight_decay_groups
 from ..resample import create_timestep_sampler
 from ..runlock import RunLock
 from ..runtime import autocast_context, resolve_device, resolve_precision
-from .checkpointing import Checkpointing, _rank_seed
+from . import checkpointing, loop
+from .checkpointing import _rank_seed
 from .ema import EMA
-from .loop import TrainLoop
 from .progress import TrainProgress, _ProgressField
-from .setup import load_datasets, validate_config
+from .setup import TrainingError, load_datasets, validate_config
 
 
-class Trainer(TrainLoop, Checkpointing):
+class Trainer:
     """Train a DDPM as a config describes, in ``run_dir``.
 
     ``run_dir`` receives ``config.json``, ``metrics.jsonl``, ``checkpoints/step-NNNNNNN/``, ``samples/`` and, at
@@ -120,10 +122,8 @@ class Trainer(TrainLoop, Checkpointing):
         if tc.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.ema = EMA(self.model, tc.ema_decay, tc.ema_warmup)
-        self.ddp: nn.Module | None = None
+        self.ddp: DistributedDataParallel | None = None
         if self.dist.enabled:
-            from torch.nn.parallel import DistributedDataParallel
-
             # DDP broadcasts rank 0's weights (identical anyway: same seed) and averages gradients over the ranks.
             self.ddp = DistributedDataParallel(
                 self.model,
@@ -166,11 +166,19 @@ class Trainer(TrainLoop, Checkpointing):
         if not self.dist.is_main:
             dist_lib.barrier()
         if resume:
-            self._resume()
+            checkpointing.resume(self)
         else:
-            self._start_fresh()
+            checkpointing.start_fresh(self)
         if self.dist.is_main:
             dist_lib.barrier()
+
+    @property
+    def image_size(self) -> int:
+        """The side of the training images (set by :func:`~ddpm.builders.resolve_config` from the data)."""
+        size = self.config.data.image_size
+        if size is None:  # resolve_config always sets it
+            raise TrainingError("the resolved config has no data.image_size")
+        return size
 
     # ------------------------------------------------------------------ setup
     def _total_steps(self) -> int:
@@ -229,7 +237,7 @@ class Trainer(TrainLoop, Checkpointing):
         model = self._model_fn()
         # t, noise and label dropout are drawn for the whole batch first, then sliced per micro-batch: a step
         # is the same computation whatever grad_accum is (micro-batches take consecutive data positions too).
-        c, s = self.config.model.in_channels, self.config.data.image_size
+        c, s = self.config.model.in_channels, self.image_size
         # t ~ p with importance weights 1/(T p_t) (uniform: exactly diffusion.sample_timesteps, weights 1).
         t_all, w_all = self.timestep_sampler.sample(tc.batch_size, self.device, self.gen)
         noise_all = torch.randn((tc.batch_size, c, s, s), generator=self.gen, device=self.device)
@@ -326,7 +334,7 @@ class Trainer(TrainLoop, Checkpointing):
         n = self.config.train.sample_n
         g = torch.Generator(self.device).manual_seed(self.config.train.seed + 777)
         noise = torch.randn(
-            (n, mc.in_channels, self.config.data.image_size, self.config.data.image_size),
+            (n, mc.in_channels, self.image_size, self.image_size),
             generator=g,
             device=self.device,
         )
@@ -358,3 +366,40 @@ class Trainer(TrainLoop, Checkpointing):
             return model(x, t, y)
 
         return fn
+
+    def elapsed(self) -> float:
+        """Training wall-clock seconds so far, over every :meth:`fit` of the run (``train.max_minutes`` counts)."""
+        if self._fit_clock is None:
+            return self.run_progress.elapsed_s
+        base, start = self._fit_clock
+        return base + self.clock() - start
+
+    # ------------------------------------------------------------------ the loop and the checkpoints
+    def fit(self) -> dict[str, Any]:
+        """Train until ``max_steps``/``epochs``, ``max_minutes``, early stopping or a signal; returns a summary
+        (see :func:`ddpm.train.loop.fit`). The run directory's lock is released when this returns or raises."""
+        return loop.fit(self)
+
+    def save(self) -> Path:
+        """Write a checkpoint of the current step, atomically (see :func:`ddpm.train.checkpointing.save`)."""
+        return checkpointing.save(self)
+
+    def train_state(self) -> dict[str, Any]:
+        """Everything but the weights that an exact resume needs (see :mod:`ddpm.train.checkpointing`)."""
+        return checkpointing.train_state(self)
+
+    def close(self) -> None:
+        """Release the run directory's lock (a no-op when not held); :meth:`fit` takes it again."""
+        lock = getattr(self, "_lock", None)  # None when __init__ failed early
+        if lock is not None:
+            lock.release()
+
+    def __enter__(self) -> Trainer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.close()
