@@ -59,6 +59,8 @@ def resolve_config(cfg: Config, data: ImageData | None = None) -> Config:
         if n_classes < 1:
             raise ConfigError("model.num_classes is set but the dataset has no labels")
         if n_classes > model.num_classes:
-            raise ConfigError(f"model.num_classes={model.num_classes} but the dataset has {n_classes} classes")
+            raise ConfigError(
+                f"model.num_classes={model.num_classes} but the dataset has {n_classes} classes"
+            )
     flip = cfg.data.flip if cfg.data.flip is not None else info.flip
     return replace(cfg, model=model, data=replace(cfg.data, image_size=size, flip=flip))

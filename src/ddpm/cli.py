@@ -266,7 +266,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             f"warning: only {summary['step']} training steps ran (the demo needs about {DEMO_MIN_STEPS} to draw "
             f"digits), so these samples are mostly noise. The machine was probably busy: rerun it when it is "
             f"quieter, or give it more time: ddpm demo --out {out}-longer --set train.max_minutes="
-            f"{math.ceil(cfg.train.max_minutes * DEMO_MIN_STEPS / max(summary['step'], 1))}"
+            f"{math.ceil((cfg.train.max_minutes or 2.0) * DEMO_MIN_STEPS / max(summary['step'], 1))}"
         )
     print(f"  samples:         {grid}")
     print(f"  forward process: {strip}")
@@ -876,6 +876,13 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
+def _format_warning(
+    message: Warning | str, category: type[Warning], filename: str, lineno: int, line: str | None = None
+) -> str:
+    """Warnings as one ``ddpm: warning: …`` line (no source file and line)."""
+    return f"ddpm: warning: {message}\n"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ddpm`` command; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -888,7 +895,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_USAGE
         if not debug:
             warnings.simplefilter("default")
-            warnings.formatwarning = lambda m, c, f, l, line=None: f"ddpm: warning: {m}\n"  # noqa: E731
+            warnings.formatwarning = _format_warning
         func: Callable[[argparse.Namespace], int] = args.func
         code = func(args)
         sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit

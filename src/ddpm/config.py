@@ -161,7 +161,7 @@ def _section_from_dict(cls: type, data: Mapping[str, Any], where: str) -> Any:
     for name, value in data.items():
         key = f"{where}.{name}" if where else name
         tp = hints[name]
-        if dataclasses.is_dataclass(tp):
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
             kwargs[name] = _section_from_dict(tp, value, key)
         else:
             kwargs[name] = _coerce(value, tp, key)
@@ -300,4 +300,3 @@ def __getattr__(name: str) -> Any:
 
         return getattr(recipes, _MOVED[name])
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-

@@ -6,6 +6,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -82,7 +83,7 @@ def generate(
     precision: str | None = None,
     progress: bool = False,
     threads: Threads = "auto",
-    **kw: object,
+    **kw: Any,
 ) -> Tensor:
     """Draw ``n`` images as uint8 [n, C, H, W]; unset options fall back to the run's ``sample`` config.
 
@@ -153,7 +154,7 @@ def save_images(images: Tensor, out: str | Path, labels: Tensor | None = None) -
         if labels is not None:
             arrays["y"] = labels.numpy()
         tmp = out.with_name(out.name + ".tmp.npz")
-        np.savez_compressed(tmp, **arrays)
+        np.savez_compressed(tmp, **arrays)  # type: ignore[arg-type]  # numpy's stubs: **kwds as allow_pickle
         tmp.replace(out)
         return out
     if out.suffix == ".png":

@@ -127,8 +127,11 @@ class RunLock:
         return None
 
     def _busy_message(self, holder: dict[str, Any] | None) -> str:
-        mine = holder is not None and holder.get("pid") == os.getpid()
-        mine = mine and holder.get("host") == socket.gethostname()
+        mine = (
+            holder is not None
+            and holder.get("pid") == os.getpid()
+            and holder.get("host") == socket.gethostname()
+        )
         hint = " (this process: close() that Trainer or let its fit() end first)" if mine else ""
         return f"run directory {self.run_dir} is in use by another trainer: {_describe(holder)}{hint}"
 

@@ -7,6 +7,7 @@ import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from types import FrameType
 
 __all__ = ["default_root"]
 
@@ -20,7 +21,8 @@ def default_root() -> Path:
 
 def _warn(message: str) -> None:
     """``warnings.warn`` attributed to the first caller outside the ``ddpm.data`` package."""
-    level, frame = 2, sys._getframe(1)
+    level = 2
+    frame: FrameType | None = sys._getframe(1)
     while frame is not None and os.path.dirname(frame.f_code.co_filename) == _PACKAGE_DIR:
         level, frame = level + 1, frame.f_back
     warnings.warn(message, stacklevel=level)

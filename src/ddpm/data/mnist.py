@@ -121,7 +121,9 @@ def _mnist_like(
     if tv_root is None and files is None and split == "train":
         tv_root, files = find("t10k")
         if tv_root is not None or files is not None:
-            where = tv_root / spec.tv_class / "raw" if files is None else files[0].parent
+            where = (
+                files[0].parent if files is not None else tv_root / spec.tv_class / "raw" if tv_root else None
+            )
             _warn(f"{spec.name}: no train split in {where}; training on the test split (t10k) instead")
             split = "test"
     if tv_root is not None:

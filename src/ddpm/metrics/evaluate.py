@@ -83,7 +83,7 @@ def evaluate_model(
         )
         fake = fid_lib.compute_stats(images, extractor, keep_features=True)
         out["fid"] = fid_lib.fid_from_stats(fake, ref_stats, warn=False)
-        if ref_stats.features is not None:
+        if ref_stats.features is not None and fake.features is not None:
             out["kid"], out["kid_std"] = fid_lib.kid(fake.features, ref_stats.features)
         out["fid_reference"] = f"{ref or lm.config.data.name} ({ref_split}, {ref_stats.n} images)"
     return out

@@ -386,7 +386,7 @@ class FeatureStats:
             f32 = f.astype(np.float32)
             arrays["features"] = f32 if np.array_equal(f32, f) else f
         tmp = path.with_name(path.name + f".tmp{os.getpid()}.npz")
-        np.savez(tmp, **arrays)
+        np.savez(tmp, **arrays)  # type: ignore[arg-type]  # numpy's stubs type **kwds as the allow_pickle flag
         os.replace(tmp, path)
         return path
 

@@ -14,7 +14,8 @@ def weight_decay_groups(module: nn.Module, weight_decay: float) -> list[dict[str
     matrices, embeddings) with ``weight_decay``, and biases / norm scales (1-D, or named ``*.bias``) without it —
     decaying a norm's gain or a bias only pulls the network towards a worse function. Frozen parameters are left
     out."""
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for name, p in module.named_parameters():
         if p.requires_grad:
             (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)

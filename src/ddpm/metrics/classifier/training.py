@@ -79,7 +79,9 @@ def _random_translate(x: torch.Tensor, pad: int, g: torch.Generator) -> torch.Te
     return xp[n, ch, rows, cols]
 
 
-def _random_affine(x: torch.Tensor, g: torch.Generator, rot_deg: float = 10.0, shift_px: float = 2.0):
+def _random_affine(
+    x: torch.Tensor, g: torch.Generator, rot_deg: float = 10.0, shift_px: float = 2.0
+) -> torch.Tensor:
     """Small random rotation / scale / shift of float ``[B, C, H, W]`` in [-1, 1]; background (−1) fills in."""
     b, _, h, w = x.shape
     u = torch.rand(b, 4, generator=g, dtype=torch.float32).to(x.device) * 2 - 1
