@@ -22,7 +22,12 @@ from .runtime import autocast_context, resolve_device, resolve_precision
 from .sampling import classifier_free_guidance, sample
 from .threads import Threads, ThreadTuner, thread_scope
 
-__all__ = ["LoadedModel", "load_model", "model_fn", "generate", "save_images"]
+__all__ = ["LoadedModel", "PipelineError", "load_model", "model_fn", "generate", "save_images"]
+
+
+class PipelineError(ValueError):
+    """A request a loaded model cannot serve: no images asked for, labels for an unconditional model, an output
+    name that is neither ``.npz``, ``.png`` nor a directory. The message names the argument, not a flag."""
 
 
 @dataclass
@@ -62,7 +67,7 @@ def model_fn(
     num_classes = lm.config.model.num_classes
     if num_classes is None:
         if labels is not None:
-            raise ValueError("this model is not class-conditional: drop --class")
+            raise PipelineError("labels were given but this model is not class-conditional")
         return lm.model
     if labels is None:  # a conditional model sampled without labels: the null label (unconditional)
         return lambda x, t: lm.model(x, t, torch.full((x.shape[0],), num_classes, device=x.device))
@@ -100,7 +105,7 @@ def generate(
     guidance = sc.guidance if guidance is None else guidance
     batch_size = batch_size or sc.batch_size
     if n < 1:
-        raise ValueError(f"--n must be at least 1, got {n}")
+        raise PipelineError(f"n must be at least 1, got {n}")
     device = next(lm.model.parameters()).device
     if precision is None:
         precision = lm.config.train.precision
@@ -162,7 +167,9 @@ def save_images(images: Tensor, out: str | Path, labels: Tensor | None = None) -
 
         return save_grid(images, out)
     if out.suffix:
-        raise ValueError(f"--out must end in .npz or .png, or name a directory; got {out}")
+        raise PipelineError(
+            f"cannot write images to {out}: the name must end in .npz or .png, or name a directory"
+        )
     from PIL import Image
 
     out.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import numbers
 from collections.abc import Mapping, Sequence
@@ -20,6 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
+
+from . import runlog
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -433,17 +434,8 @@ def csv_table(rows: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> str:
 
 # --------------------------------------------------------------------------------------------- training logs
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """The records of a run's ``metrics.jsonl`` (lines that fail to parse are skipped)."""
-    out: list[dict[str, Any]] = []
-    p = Path(path)
-    if not p.is_file():
-        return out
-    for line in p.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return out
+    """The records of a run's ``metrics.jsonl`` (lines that fail to parse are skipped): :func:`ddpm.runlog.read`."""
+    return runlog.read(path)
 
 
 def loss_stats(records: Sequence[dict[str, Any]], key: str = "loss") -> dict[str, float]:

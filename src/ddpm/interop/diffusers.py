@@ -476,7 +476,7 @@ def import_diffusers(src: str | Path, out_run_dir: str | Path, step: int = 0) ->
         source=f"diffusers:{src.resolve()}",
     )
     if latest_checkpoint(out / "checkpoints") is not None:
-        raise ValueError(f"{out} already holds checkpoints; choose a new --out")
+        raise ValueError(f"{out} already holds checkpoints; import into a new directory")
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(config_to_dict(config), indent=2))
     return save_checkpoint(out / "checkpoints", step, config, state, state)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,7 +17,7 @@ import torch
 from ..checkpoint import list_checkpoints
 from ..pipeline import LoadedModel, generate, load_model
 
-__all__ = ["evaluate_model", "progressive_study", "STUDY_KEYS"]
+__all__ = ["evaluate_model", "progressive_study", "score_images", "STUDY_KEYS"]
 
 STUDY_KEYS = ("step", "val_loss", "fid", "kid", "mean_confidence", "entropy_normalized", "kl_uniform")
 
@@ -65,27 +66,62 @@ def evaluate_model(
     else:
         out["classifier"] = "unavailable (train one: ddpm classifier train --dataset NAME)"
     if fid:
-        from . import fid as fid_lib
-
-        extractor = extractor or fid_lib.InceptionFeatures()
         root = data_root if data_root is not None else lm.config.data.root
         # Pass the image size only where it is not the dataset's default, so cached statistics are shared.
         size = lm.config.data.image_size
         if ref is None and _default_size(lm.config.data.name) == size:
             size = None
+        scores = score_images(
+            images, ref or lm.config.data.name, extractor, split=ref_split, root=root, image_size=size
+        )
+        out.update({k: scores[k] for k in ("fid", "kid", "kid_std") if k in scores})
+        out["fid_reference"] = f"{ref or lm.config.data.name} ({ref_split}, {scores['ref_n']} images)"
+    return out
+
+
+def score_images(
+    images: Any,
+    ref: Any,
+    extractor: Any = None,
+    *,
+    split: str = "test",
+    root: str | os.PathLike[str] | None = None,
+    image_size: int | None = None,
+    ref_n: int | None = None,
+) -> dict[str, Any]:
+    """FID (Heusel et al. 2017) and KID (Bińkowski et al. 2018) of images against a reference.
+
+    Args:
+        images: uint8 images [N, C, H, W] (or anything :func:`ddpm.metrics.fid.compute_stats` takes).
+        ref: a :class:`~ddpm.metrics.fid.FeatureStats`, a statistics ``.npz``, a folder/``.npz``/``.zip`` of
+            images or a dataset name, resolved (and cached) by :func:`ddpm.metrics.fid.reference_stats` with
+            ``split``, ``root``, ``image_size`` and ``ref_n`` (number of reference images; all when None).
+        extractor: the :class:`~ddpm.metrics.fid.InceptionFeatures` to use (fp32 on CUDA/CPU when None).
+    Returns:
+        ``fid``; ``kid`` and ``kid_std`` when the reference carries its features (a statistics file written
+        without them has none); ``n`` and ``ref_n``, the image counts on each side. FID is biased upward below
+        ``MIN_RECOMMENDED_N`` images: compare only figures made with the same n.
+    """
+    from . import fid as fid_lib
+
+    extractor = extractor or fid_lib.InceptionFeatures()
+    if isinstance(ref, fid_lib.FeatureStats):
+        ref_stats = ref
+    else:
         ref_stats = fid_lib.reference_stats(
-            ref or lm.config.data.name,
+            ref,
             root=root,
-            split=ref_split,
-            image_size=size,
+            split=split,
+            n=ref_n,
+            image_size=image_size,
             extractor=extractor,
             keep_features=True,
         )
-        fake = fid_lib.compute_stats(images, extractor, keep_features=True)
-        out["fid"] = fid_lib.fid_from_stats(fake, ref_stats, warn=False)
-        if ref_stats.features is not None and fake.features is not None:
-            out["kid"], out["kid_std"] = fid_lib.kid(fake.features, ref_stats.features)
-        out["fid_reference"] = f"{ref or lm.config.data.name} ({ref_split}, {ref_stats.n} images)"
+    fake = fid_lib.compute_stats(images, extractor, keep_features=True)
+    out: dict[str, Any] = {"n": fake.n, "ref_n": ref_stats.n}
+    out["fid"] = fid_lib.fid_from_stats(fake, ref_stats, warn=False)
+    if ref_stats.features is not None and fake.features is not None:
+        out["kid"], out["kid_std"] = fid_lib.kid(fake.features, ref_stats.features)
     return out
 
 
@@ -99,11 +135,9 @@ def _default_size(name: str) -> int | None:
 
 
 def _val_loss_by_step(run: Path) -> dict[int, float]:
-    from ..viz import read_metrics
+    from .. import runlog
 
-    return {
-        int(r["step"]): float(r["val_loss"]) for r in read_metrics(run / "metrics.jsonl") if "val_loss" in r
-    }
+    return {int(r["step"]): float(r["val_loss"]) for r in runlog.read(run) if "val_loss" in r}
 
 
 def progressive_study(

@@ -59,6 +59,7 @@ __all__ = [
     "frechet_distance",
     "inception_path",
     "inception_score",
+    "is_stats_file",
     "kid",
     "load_images",
     "nvidia_resize",
@@ -640,9 +641,17 @@ def fid_from_images(
     return fid_from_stats(sa, sb, warn=warn)
 
 
-def _npz_is_stats(path: Path) -> bool:
-    with np.load(path, allow_pickle=False) as z:
+def is_stats_file(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a statistics ``.npz`` (arrays ``mu`` and ``sigma``, as :meth:`FeatureStats.save`
+    writes) rather than a ``.npz`` of images or anything else. A corrupt ``.npz`` raises as ``np.load`` does."""
+    p = Path(path)
+    if p.suffix != ".npz" or not p.is_file():
+        return False
+    with np.load(p, allow_pickle=False) as z:
         return "mu" in z.files and "sigma" in z.files
+
+
+_npz_is_stats = is_stats_file  # the old private name
 
 
 def load_images(

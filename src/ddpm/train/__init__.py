@@ -4,7 +4,7 @@ atomic checkpoints with exact resume, metrics and sample grids.
 - :mod:`.trainer` — :class:`Trainer`: setup and one optimizer step; :mod:`.loop` — ``fit()``;
   :mod:`.checkpointing` — fresh start, exact resume, saves; :mod:`.progress` — the counters saved as a unit and
   the best weights of early stopping; :mod:`.ema` — :class:`EMA`; :mod:`.setup` — config checks and datasets;
-  :mod:`.log` — ``metrics.jsonl``.
+  :mod:`ddpm.runlog` owns ``metrics.jsonl``.
 
 Only training code imports this package; inference builds through :mod:`ddpm.builders` and :mod:`ddpm.runtime`
 (``build_*`` / ``resolve_*`` / ``autocast_context`` are re-exported here under their old import path).

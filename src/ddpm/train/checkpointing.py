@@ -26,7 +26,7 @@ from ..checkpoint import (
     save_checkpoint,
 )
 from ..config import ConfigError, config_to_dict
-from .log import append_record
+from ..runlog import append as append_record
 from .progress import TrainProgress, load_best_weights, prune_best_weights, save_best_weights
 
 if TYPE_CHECKING:

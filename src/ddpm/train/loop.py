@@ -21,9 +21,9 @@ from ..checkpoint import (
     CheckpointError,
     latest_checkpoint,
 )
+from ..runlog import append as append_record
 from ..threads import Choice, ThreadTuner, thread_scope
 from . import checkpointing
-from .log import append_record
 from .setup import TrainingError
 
 if TYPE_CHECKING:
