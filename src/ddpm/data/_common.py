@@ -15,8 +15,11 @@ _PACKAGE_DIR = os.path.dirname(__file__)  # warnings are attributed to the first
 
 
 def default_root() -> Path:
-    """Default download / search root: ``$DDPM_DATA_ROOT`` or ``~/.cache/ddpm/data``."""
-    return Path(os.environ.get("DDPM_DATA_ROOT", "~/.cache/ddpm/data")).expanduser()
+    """Default download / search root: ``$DDPM_DATA_ROOT``, else the ``data/`` of :func:`ddpm.cache.cache_root`."""
+    from ..cache import cache_dir
+
+    root = os.environ.get("DDPM_DATA_ROOT")
+    return Path(root).expanduser() if root else cache_dir("data")
 
 
 def _warn(message: str) -> None:

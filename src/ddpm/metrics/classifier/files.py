@@ -39,8 +39,9 @@ FORMAT_VERSION = 1
 def default_classifier_dir(dataset: str) -> Path:
     """Where a dataset's default classifier lives: ``$DDPM_CACHE/classifiers/<dataset>`` or
     ``~/.cache/ddpm/classifiers/<dataset>``."""
-    root = os.environ.get("DDPM_CACHE")
-    base = Path(root).expanduser() if root else Path.home() / ".cache" / "ddpm"
+    from ...cache import cache_root
+
+    base = cache_root()
     return base / "classifiers" / dataset
 
 
