@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal
 
+from .diffusion import LossType, Prediction, Variance, Weighting
 from .nn.presets import unet_config
 from .nn.unet import UNetConfig
 
@@ -45,11 +46,11 @@ class DiffusionConfig:
     beta_start: float = 1e-4  # linear schedule only (Ho et al. 2020)
     beta_end: float = 0.02
     cosine_s: float = 0.008  # cosine schedule only (Nichol & Dhariwal 2021)
-    prediction: Literal["eps", "x0", "v"] = "eps"
-    variance: Literal["fixed_small", "fixed_large", "learned_range"] = "fixed_small"
-    loss: Literal["mse", "hybrid", "vlb"] = "mse"
+    prediction: Prediction = "eps"
+    variance: Variance = "fixed_small"
+    loss: LossType = "mse"
     vlb_weight: float = 0.001
-    weighting: Literal["none", "min_snr"] = "none"
+    weighting: Weighting = "none"
     min_snr_gamma: float = 5.0
     # How training draws t: "uniform" (Ho et al.) or "loss_aware" (Improved DDPM §3.3 importance sampling,
     # p_t ∝ √E[L_t²] with weights 1/(T p_t); see ddpm.resample).

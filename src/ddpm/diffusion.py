@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, get_args
 
 import torch
 from torch import Tensor
@@ -29,10 +29,28 @@ Variance = Literal["fixed_small", "fixed_large", "learned_range"]
 LossType = Literal["mse", "hybrid", "vlb"]
 Weighting = Literal["none", "min_snr"]
 
-_PREDICTIONS = ("eps", "x0", "v")
-_VARIANCES = ("fixed_small", "fixed_large", "learned_range")
-_LOSSES = ("mse", "hybrid", "vlb")
-_WEIGHTINGS = ("none", "min_snr")
+_PREDICTIONS: tuple[str, ...] = get_args(Prediction)
+_VARIANCES: tuple[str, ...] = get_args(Variance)
+_LOSSES: tuple[str, ...] = get_args(LossType)
+_WEIGHTINGS: tuple[str, ...] = get_args(Weighting)
+
+
+class _Tables(NamedTuple):
+    """The per-timestep coefficients the diffusion math reads, [T] each, precomputed once from the schedule (float64;
+    copied to each device once). Named as in Ho et al. / improved-diffusion."""
+
+    sqrt_alphas_cumprod: Tensor
+    sqrt_one_minus_alphas_cumprod: Tensor
+    sqrt_recip_alphas_cumprod: Tensor
+    sqrt_recipm1_alphas_cumprod: Tensor
+    posterior_mean_coef1: Tensor  # eq. 7
+    posterior_mean_coef2: Tensor
+    posterior_variance: Tensor  # β̃_t
+    posterior_log_variance_clipped: Tensor
+    log_betas: Tensor
+    large_variance: Tensor  # σ² = β (β̃₁ at t = 0)
+    large_log_variance: Tensor
+    snr: Tensor  # ᾱ/(1 − ᾱ)
 
 
 class PMeanVar(NamedTuple):
@@ -132,21 +150,21 @@ class GaussianDiffusion:
         self.timestep_map = torch.arange(len(schedule), dtype=torch.long)
         s = schedule
         large = torch.cat([s.posterior_variance[1:2], s.betas[1:]]) if len(s) > 1 else s.betas
-        self._tables: dict[str, Tensor] = {
-            "sqrt_alphas_cumprod": s.sqrt_alphas_cumprod,
-            "sqrt_one_minus_alphas_cumprod": s.sqrt_one_minus_alphas_cumprod,
-            "sqrt_recip_alphas_cumprod": s.sqrt_recip_alphas_cumprod,
-            "sqrt_recipm1_alphas_cumprod": s.sqrt_recipm1_alphas_cumprod,
-            "posterior_mean_coef1": s.posterior_mean_coef1,
-            "posterior_mean_coef2": s.posterior_mean_coef2,
-            "posterior_variance": s.posterior_variance,
-            "posterior_log_variance_clipped": s.posterior_log_variance_clipped,
-            "log_betas": torch.log(s.betas),
-            "large_variance": large,
-            "large_log_variance": torch.log(large),
-            "snr": s.alphas_cumprod / (1.0 - s.alphas_cumprod),
-        }
-        self._device_tables: dict[torch.device, dict[str, Tensor]] = {}
+        self._tables = _Tables(
+            sqrt_alphas_cumprod=s.sqrt_alphas_cumprod,
+            sqrt_one_minus_alphas_cumprod=s.sqrt_one_minus_alphas_cumprod,
+            sqrt_recip_alphas_cumprod=s.sqrt_recip_alphas_cumprod,
+            sqrt_recipm1_alphas_cumprod=s.sqrt_recipm1_alphas_cumprod,
+            posterior_mean_coef1=s.posterior_mean_coef1,
+            posterior_mean_coef2=s.posterior_mean_coef2,
+            posterior_variance=s.posterior_variance,
+            posterior_log_variance_clipped=s.posterior_log_variance_clipped,
+            log_betas=torch.log(s.betas),
+            large_variance=large,
+            large_log_variance=torch.log(large),
+            snr=s.alphas_cumprod / (1.0 - s.alphas_cumprod),
+        )
+        self._device_tables: dict[torch.device, _Tables] = {}
         self._device_maps: dict[torch.device, Tensor] = {}
 
     # ------------------------------------------------------------------ bookkeeping
@@ -180,21 +198,23 @@ class GaussianDiffusion:
     def extract(
         self, name: str, t: Tensor, shape: Sequence[int], dtype: torch.dtype = torch.float32
     ) -> Tensor:
-        """Gather table ``name`` at timesteps ``t`` [N] and reshape to [N, 1, …] broadcastable to ``shape``.
+        """Gather table ``name`` (a field of the coefficient tables, e.g. ``"snr"``) at timesteps ``t`` [N] and
+        reshape to [N, 1, …] broadcastable to ``shape``."""
+        return self._gather(getattr(self._on(t.device), name), t, shape, dtype)
 
-        Tables stay float64 and are copied to each device once, so no per-step host-to-device copy happens.
-        """
-        device = t.device
+    def _on(self, device: torch.device) -> _Tables:
+        """The coefficient tables on ``device``: float64 where the device has it, copied once (no per-step
+        host-to-device copy)."""
         tables = self._device_tables.get(device)
         if tables is None:
-            keep64 = device.type in ("cpu", "cuda")
-            tables = {
-                k: v.to(device=device, dtype=torch.float64 if keep64 else torch.float32)
-                for k, v in self._tables.items()
-            }
+            dtype = torch.float64 if device.type in ("cpu", "cuda") else torch.float32
+            tables = _Tables(*(v.to(device=device, dtype=dtype) for v in self._tables))
             self._device_tables[device] = tables
-        out = tables[name][t]
-        return out.to(dtype).reshape(t.shape[0], *([1] * (len(shape) - 1)))
+        return tables
+
+    @staticmethod
+    def _gather(table: Tensor, t: Tensor, shape: Sequence[int], dtype: torch.dtype) -> Tensor:
+        return table[t].to(dtype).reshape(t.shape[0], *([1] * (len(shape) - 1)))
 
     def _timesteps(self, t: Tensor) -> Tensor:
         """The original timesteps the network is conditioned on for indices ``t`` (cached per device)."""
@@ -203,15 +223,16 @@ class GaussianDiffusion:
             cached = self._device_maps[t.device] = self.timestep_map.to(t.device)
         return cached[t]
 
-    def _c(self, name: str, t: Tensor, x: Tensor) -> Tensor:
+    def _c(self, table: Tensor, t: Tensor, x: Tensor) -> Tensor:
+        """``table`` (a field of :meth:`_on`) at ``t``, shaped to broadcast against ``x`` and in its precision."""
         dtype = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
-        return self.extract(name, t, x.shape, dtype)
+        return self._gather(table, t, x.shape, dtype)
 
     # ------------------------------------------------------------------ forward process
     def q_mean_variance(self, x0: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         """Mean √ᾱ_t x₀ and variance (1−ᾱ_t) of q(x_t | x₀) (eq. 4); variance shaped [N, 1, …]."""
-        return self._c("sqrt_alphas_cumprod", t, x0) * x0, self._c(
-            "sqrt_one_minus_alphas_cumprod", t, x0
+        return self._c(self._on(t.device).sqrt_alphas_cumprod, t, x0) * x0, self._c(
+            self._on(t.device).sqrt_one_minus_alphas_cumprod, t, x0
         ) ** 2
 
     def q_sample(
@@ -221,40 +242,48 @@ class GaussianDiffusion:
         if noise is None:
             noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
         return (
-            self._c("sqrt_alphas_cumprod", t, x0) * x0
-            + self._c("sqrt_one_minus_alphas_cumprod", t, x0) * noise
+            self._c(self._on(t.device).sqrt_alphas_cumprod, t, x0) * x0
+            + self._c(self._on(t.device).sqrt_one_minus_alphas_cumprod, t, x0) * noise
         )
 
     def q_posterior(self, x0: Tensor, x_t: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Mean, variance β̃_t and clipped log-variance of q(x_{t−1} | x_t, x₀) (eq. 6–7)."""
-        mean = self._c("posterior_mean_coef1", t, x_t) * x0 + self._c("posterior_mean_coef2", t, x_t) * x_t
-        return mean, self._c("posterior_variance", t, x_t), self._c("posterior_log_variance_clipped", t, x_t)
+        mean = (
+            self._c(self._on(t.device).posterior_mean_coef1, t, x_t) * x0
+            + self._c(self._on(t.device).posterior_mean_coef2, t, x_t) * x_t
+        )
+        return (
+            mean,
+            self._c(self._on(t.device).posterior_variance, t, x_t),
+            self._c(self._on(t.device).posterior_log_variance_clipped, t, x_t),
+        )
 
     # ------------------------------------------------------------------ parameterizations
     def predict_x0_from_eps(self, x_t: Tensor, t: Tensor, eps: Tensor) -> Tensor:
         """x̂₀ = x_t/√ᾱ_t − √(1/ᾱ_t − 1) ε (eq. 4 solved for x₀)."""
         return (
-            self._c("sqrt_recip_alphas_cumprod", t, x_t) * x_t
-            - self._c("sqrt_recipm1_alphas_cumprod", t, x_t) * eps
+            self._c(self._on(t.device).sqrt_recip_alphas_cumprod, t, x_t) * x_t
+            - self._c(self._on(t.device).sqrt_recipm1_alphas_cumprod, t, x_t) * eps
         )
 
     def predict_eps_from_x0(self, x_t: Tensor, t: Tensor, x0: Tensor) -> Tensor:
         """ε̂ = (x_t/√ᾱ_t − x₀)/√(1/ᾱ_t − 1)."""
-        return (self._c("sqrt_recip_alphas_cumprod", t, x_t) * x_t - x0) / self._c(
-            "sqrt_recipm1_alphas_cumprod", t, x_t
+        return (self._c(self._on(t.device).sqrt_recip_alphas_cumprod, t, x_t) * x_t - x0) / self._c(
+            self._on(t.device).sqrt_recipm1_alphas_cumprod, t, x_t
         )
 
     def get_v(self, x0: Tensor, eps: Tensor, t: Tensor) -> Tensor:
         """The v target of Salimans & Ho 2022: v = √ᾱ_t ε − √(1−ᾱ_t) x₀."""
         return (
-            self._c("sqrt_alphas_cumprod", t, x0) * eps - self._c("sqrt_one_minus_alphas_cumprod", t, x0) * x0
+            self._c(self._on(t.device).sqrt_alphas_cumprod, t, x0) * eps
+            - self._c(self._on(t.device).sqrt_one_minus_alphas_cumprod, t, x0) * x0
         )
 
     def predict_x0_from_v(self, x_t: Tensor, t: Tensor, v: Tensor) -> Tensor:
         """x̂₀ = √ᾱ_t x_t − √(1−ᾱ_t) v."""
         return (
-            self._c("sqrt_alphas_cumprod", t, x_t) * x_t
-            - self._c("sqrt_one_minus_alphas_cumprod", t, x_t) * v
+            self._c(self._on(t.device).sqrt_alphas_cumprod, t, x_t) * x_t
+            - self._c(self._on(t.device).sqrt_one_minus_alphas_cumprod, t, x_t) * v
         )
 
     def split_output(self, model_output: Tensor, x_t: Tensor) -> tuple[Tensor, Tensor | None]:
@@ -301,19 +330,22 @@ class GaussianDiffusion:
         mean, _, _ = self.q_posterior(x0, x_t, t)
         if self.variance == "fixed_small":
             var, log_var = (
-                self._c("posterior_variance", t, x_t),
-                self._c("posterior_log_variance_clipped", t, x_t),
+                self._c(self._on(t.device).posterior_variance, t, x_t),
+                self._c(self._on(t.device).posterior_log_variance_clipped, t, x_t),
             )
             var, log_var = var.expand_as(x_t), log_var.expand_as(x_t)
         elif self.variance == "fixed_large":
-            var, log_var = self._c("large_variance", t, x_t), self._c("large_log_variance", t, x_t)
+            var, log_var = (
+                self._c(self._on(t.device).large_variance, t, x_t),
+                self._c(self._on(t.device).large_log_variance, t, x_t),
+            )
             var, log_var = var.expand_as(x_t), log_var.expand_as(x_t)
         else:  # learned_range: split_output returned the variance half
             assert var_out is not None
             # Improved DDPM eq. 15: Σ = exp(v log β_t + (1 − v) log β̃_t), v = (out + 1)/2 ∈ [0, 1].
             frac = (var_out.float() + 1.0) / 2.0
-            min_log = self._c("posterior_log_variance_clipped", t, x_t)
-            max_log = self._c("log_betas", t, x_t)
+            min_log = self._c(self._on(t.device).posterior_log_variance_clipped, t, x_t)
+            max_log = self._c(self._on(t.device).log_betas, t, x_t)
             log_var = frac * max_log + (1.0 - frac) * min_log
             var = torch.exp(log_var)
         return PMeanVar(mean, var, log_var, x0, eps)
@@ -337,7 +369,7 @@ class GaussianDiffusion:
         """Per-example weight [N] of the MSE term; min-SNR-γ (Hang et al. 2023) converts to each target."""
         if self.weighting == "none":
             return torch.ones(t.shape, device=t.device)
-        snr = self.extract("snr", t, t.shape)
+        snr = self._gather(self._on(t.device).snr, t, t.shape, torch.float32)
         clipped = snr.clamp(max=self.min_snr_gamma)
         if self.prediction == "eps":
             return clipped / snr
