@@ -16,7 +16,11 @@ from ddpm.cli import main
 def run(capsys, *argv):
     code = main([*argv])
     out, err = capsys.readouterr()
-    return code, out, err
+    return (
+        code,
+        out,
+        err,
+    )  # (unlike conftest.run_cli, at torch's thread count: these runs are checked end to end)
 
 
 @pytest.fixture(scope="module")

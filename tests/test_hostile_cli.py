@@ -35,8 +35,8 @@ from PIL import Image
 
 import ddpm.checkpoint as ckpt_mod
 import ddpm.data.folder as data_folder
+from conftest import Payload, run_cli
 from ddpm.checkpoint import latest_checkpoint, load_checkpoint
-from ddpm.cli import main
 from ddpm.config import Config, preset_names
 from ddpm.data import DataError, load_folder
 
@@ -52,16 +52,7 @@ FUZZ_EXAMPLES_RUN: collections.Counter[str] = collections.Counter()
 TINY = ["--set", "data.limit=64", "--set", "train.threads=1", "--no-progress"]
 
 
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    capsys.readouterr()
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # on a loaded 2-core machine a second thread makes tiny models ~20x slower
-    try:
-        code = main([*argv])
-    finally:
-        torch.set_num_threads(n)
-    out, err = capsys.readouterr()
-    return code, out, err
+run = run_cli  # conftest: in-process, one thread (a second makes tiny models ~20x slower on a loaded machine)
 
 
 def assert_one_line_error(code: int, err: str, match: str | tuple[str, ...] = "") -> str:
@@ -76,24 +67,13 @@ def assert_one_line_error(code: int, err: str, match: str | tuple[str, ...] = ""
     return errors[0]
 
 
-class _Payload:
-    """Unpickling this calls ``open(marker, "w")``, creating the marker file: a real code-execution payload."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (open, (self.marker, "w"))
+_Payload = Payload  # conftest
 
 
 # --------------------------------------------------------------------------- checkpoints through the CLI
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    out = tmp_path_factory.mktemp("hostile") / "run"
-    n = torch.get_num_threads()
-    assert main(["train", "--preset", "tiny", "--out", str(out), "--max-steps", "2", *TINY]) == 0
-    torch.set_num_threads(n)
-    return out
+def trained(tiny_run):
+    return tiny_run
 
 
 @pytest.fixture

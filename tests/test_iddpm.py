@@ -22,7 +22,7 @@ from ddpm.sampling import classifier_free_guidance, sample
 from ddpm.schedule import NoiseSchedule
 from ddpm.train import Trainer
 
-torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_thread_module")  # was set at import, leaking into the whole run
 
 
 # --------------------------------------------------------------------------- KL and decoder likelihood

@@ -15,12 +15,7 @@ sys.modules.setdefault("sampler_accuracy", bench)  # dataclasses look their modu
 _spec.loader.exec_module(bench)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors (conftest)
 
 
 def test_oracle_eps_is_the_tweedie_score():

@@ -47,14 +47,9 @@ def n_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread: on the shared 2-core CI machine OpenMP threads spin against other processes and a
-    32×32 ddpm-cifar10 forward takes seconds instead of 0.1 s. Restored after this module."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# One intra-op thread (conftest): on the shared 2-core CI machine OpenMP threads spin against other processes and a
+# 32×32 ddpm-cifar10 forward takes seconds instead of 0.1 s.
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 
 @pytest.fixture(scope="module")
