@@ -3,6 +3,9 @@
 The network is a plain callable returning a tensor; this module interprets that tensor according to
 ``prediction`` (what the first C channels predict) and ``variance`` (fixed, or learned from C more channels).
 Equation numbers refer to Ho et al. 2020 ("DDPM") and Nichol & Dhariwal 2021 ("Improved DDPM").
+
+Longer than ~400 lines on purpose: the paper's quantities (forward process, posterior, parameterisations,
+losses, the bound) are one set of equations over the same tables, read best in one place.
 """
 
 from __future__ import annotations

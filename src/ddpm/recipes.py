@@ -2,6 +2,8 @@
 documents they reproduce, each with the source of its numbers.
 
 These are *training* recipes; the network architectures they use are :mod:`ddpm.nn.presets` (``ddpm.presets``).
+
+Longer than ~400 lines on purpose: a catalogue, one short function per recipe, each with its sources.
 """
 
 from __future__ import annotations

@@ -5,6 +5,8 @@ Images are float tensors [N, C, H, W] in model space ([-1, 1]; values beyond are
 [N, C, H, W] in [0, 255]; C is 1 (grayscale) or 3. Pixel grids are written exactly (-1 → 0, 1 → 255, uint8
 unchanged) with torchvision's ``make_grid`` layout: ``cols·(W+p)+p`` pixels wide and ``rows·(H+p)+p`` high for
 padding p, pad colour white. Plots use matplotlib's Agg canvas on a bare ``Figure`` (no pyplot state is touched).
+
+Longer than ~400 lines on purpose: many small, independent drawing functions over one matplotlib set-up.
 """
 
 from __future__ import annotations

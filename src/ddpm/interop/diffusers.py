@@ -13,6 +13,9 @@ Supported: "block" skips, ResNet blocks with GroupNorm, conv or BigGAN-style (``
 nearest+conv upsampling, default or scale-shift time conditioning, attention with one width per head,
 class embeddings. Class labels: diffusers has no null label, so our ``num_classes + 1``-row table is exported
 as ``num_class_embeds = num_classes + 1`` (the last class is our null label) and imported the same way.
+
+Longer than ~400 lines on purpose: both directions of one mapping (weights, network config, scheduler config)
+kept side by side, so that a change to one is seen beside the other.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The :class:`Trainer`: a run's setup (data, network, EMA, optimizer, lr schedule, DDP) and its single optimizer
-step, validation loss and sample grids; the loop and the checkpoints are its mixins (:mod:`.loop`,
-:mod:`.checkpointing`).
+step, validation loss and sample grids; the loop (:mod:`.loop`) and the checkpoints (:mod:`.checkpointing`) are
+functions of a trainer that :meth:`Trainer.fit` and :meth:`Trainer.save` call.
 
 >>> cfg = ddpm.recipes.get_recipe("tiny")
 >>> Trainer(cfg, "runs/tiny").fit()  # doctest: +SKIP
