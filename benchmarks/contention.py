@@ -1,7 +1,7 @@
 """Training on a busy CPU: steps reached in a fixed time by `train.threads=auto` and by fixed thread counts, with
 0 and 1 other busy processes on the machine, side by side in one run.
 
-    python benchmarks/contention.py                        # the demo preset, 30 s per run, busy 0 and 1
+    python benchmarks/contention.py                        # the demo preset, 60 s per run, busy 0 and 1
     python benchmarks/contention.py --seconds 3            # smoke run
     python benchmarks/contention.py --busy 0,1,2 --fixed 1,2,4 --repeats 2 --json contention.json
 
@@ -88,7 +88,7 @@ def _ints(text: str) -> list[int]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seconds", type=float, default=30.0, help="training time per run")
+    ap.add_argument("--seconds", type=float, default=60.0, help="training time per run")
     ap.add_argument("--busy", default="0,1", help="numbers of busy background processes, comma-separated")
     ap.add_argument("--fixed", default="1,2", help="fixed thread counts to compare with auto")
     ap.add_argument("--repeats", type=int, default=1, help="runs per cell (the median is reported)")

@@ -15,11 +15,12 @@ from ddpm.config import ConfigError, apply_overrides, config_from_dict, config_t
 from ddpm.threads import Choice, ThreadTuner, candidate_counts, thread_scope, validate_threads
 from ddpm.train import Trainer, validate_config
 
-WARMUP_S = 1.0  # what the first unit at a new thread count costs extra on the fake CPU
+WARMUP = 0.25  # the share more the first unit at a new thread count costs on the fake CPU (on the 2-core
+# machine a demo step took 0.19 s as the first at 2 threads after 1, then 0.15 s)
 
 
 class FakeCPU:
-    """A clock, a thread setting and a unit of work costing ``cost[threads]`` seconds (+ WARMUP_S on the first
+    """A clock, a thread setting and a unit of work costing ``cost[threads]`` seconds (× 1 + WARMUP on the first
     unit after a change of thread count). Costs are dyadic, so every time the tuner sees is exact."""
 
     def __init__(self, cost: dict[int, float], threads: int = 4) -> None:
@@ -38,7 +39,7 @@ class FakeCPU:
 
     def work(self) -> int:
         n = self.threads
-        self.now += self.cost[n] + (WARMUP_S if self.warm != n else 0.0)
+        self.now += self.cost[n] * (1 + WARMUP if self.warm != n else 1)
         self.warm = n
         self.units[n] = self.units.get(n, 0) + 1
         return n
@@ -70,10 +71,11 @@ def test_tuner_picks_the_fastest_count_and_discards_warmup_units():
     tuner = cpu.tuner([4, 1, 2], on_choice=logged.append)
     assert tuner.tuning and tuner.threads == 4  # the count in use is measured first: no switch
     run_until_choice(cpu, tuner)
-    assert logged == tuner.choices == [Choice(2, "initial", {1: 1.0, 2: 0.5, 4: 0.75})]  # no warm-up in there
+    # 1's warm-up unit alone took 1.25 s > PRUNE × 0.75 (4's timed unit): its scan ends there, with that time.
+    assert logged == tuner.choices == [Choice(2, "initial", {1: 1.25, 2: 0.5, 4: 0.75})]
     assert not tuner.tuning and tuner.chosen == tuner.threads == 2
-    # 1 and 4 are far behind after one timed unit: each cost a warm-up and one timed unit, no more.
-    assert cpu.units[1] == cpu.units[4] == 2
+    # 4 is far behind after one timed unit: it cost its first and one timed unit, no more; 1 only its warm-up.
+    assert cpu.units[4] == 2 and cpu.units[1] == 1
     for _ in range(20):
         tuner.run(cpu.work)
     assert cpu.threads == 2 and len(tuner.choices) == 1  # steady: no re-measuring
@@ -99,7 +101,7 @@ def test_close_candidates_are_refined_by_their_median():
 
 def test_drift_triggers_a_new_measurement_and_a_switch():
     cpu = FakeCPU({1: 1.0, 2: 0.5}, threads=2)
-    tuner = cpu.tuner([1, 2], window=5, drift=1.3, recheck_s=1e9)
+    tuner = cpu.tuner([1, 2], window=5, drift=1.3, first_recheck_s=1e9, recheck_s=1e9)
     run_until_choice(cpu, tuner)
     assert tuner.chosen == 2
     cpu.cost[2] = 0.625  # 1.25× slower: below the drift threshold, nothing happens
@@ -113,17 +115,34 @@ def test_drift_triggers_a_new_measurement_and_a_switch():
     assert cpu.threads == 1
 
 
-def test_periodic_recheck_finds_a_count_that_became_faster():
-    cpu = FakeCPU({1: 0.5, 2: 1.0}, threads=1)
-    tuner = cpu.tuner([1, 2], recheck_s=100.0)
-    run_until_choice(cpu, tuner)
-    assert tuner.chosen == 1
-    cpu.cost[2] = 0.25  # the busy process left: 2 threads are fast again, 1 thread is as before (no drift)
+def test_a_slow_count_is_dropped_after_its_warmup_unit():
+    """On a busy machine (2 threads 3× slower) a scan starting at 1 thread runs 2 threads once, not twice."""
+    for prune, units_at_2, seen in [(1.5, 1, 0.9375), (math.inf, 2, 0.75)]:
+        cpu = FakeCPU({1: 0.25, 2: 0.75}, threads=1)
+        tuner = cpu.tuner([1, 2], prune=prune)
+        run_until_choice(cpu, tuner)
+        assert tuner.choices[-1] == Choice(1, "initial", {1: 0.25, 2: seen})
+        assert cpu.units[2] == units_at_2
+
+
+def test_periodic_rechecks_back_off_and_find_a_count_that_became_faster():
+    cpu = FakeCPU({1: 0.125, 2: 0.25}, threads=1)  # short units: measuring stays within its share of the time
+    at: list[float] = []
+    tuner = cpu.tuner([1, 2], first_recheck_s=10.0, recheck_s=40.0, on_choice=lambda c: at.append(cpu.now))
+    while cpu.now < 150.0:
+        tuner.run(cpu.work)
+    assert [c.reason for c in tuner.choices] == ["initial"] + ["periodic"] * (len(at) - 1)
+    assert all(c.threads == 1 for c in tuner.choices)
+    # From one choice to the next: the interval, then a measurement of a few units (2 at 2 threads, 1 at 1).
+    gaps = [b - a for a, b in zip(at, at[1:], strict=False)]
+    assert len(gaps) >= 4
+    for gap, interval in zip(gaps, [10.0, 20.0, 40.0, 40.0, 40.0], strict=False):
+        assert interval <= gap <= interval + 2.0, gaps
+    cpu.cost[2] = 0.0625  # the busy process left: 2 threads are fast again, 1 thread is as before (no drift)
     start = cpu.now
-    units = run_until_choice(cpu, tuner, limit=1000)
-    assert tuner.choices[-1] == Choice(2, "periodic", {1: 0.5, 2: 0.25})
-    assert 100.0 <= cpu.now - start <= 100.0 + 2 * WARMUP_S + 5
-    assert units >= 100.0 / 0.5
+    run_until_choice(cpu, tuner, limit=1000)
+    assert tuner.choices[-1] == Choice(2, "periodic", {1: 0.125, 2: 0.0625})
+    assert cpu.now - start <= 40.0 + 2.0
 
 
 @pytest.mark.parametrize("overhead", [0.1, math.inf])

@@ -4,7 +4,8 @@ On a CPU shared with other busy processes, OpenMP threads that wait for each oth
 make 2 threads several times slower than 1, while on an idle machine more threads are faster: no fixed number is
 right everywhere. :class:`ThreadTuner` times the work actually being done, one *unit* at a time (a training step,
 a network evaluation while sampling, an Inception batch), at each candidate thread count; keeps the fastest; and
-measures again when the time per unit drifts or every few minutes. Each choice is reported as a :class:`Choice`.
+measures again when the time per unit drifts, and on a schedule that starts after seconds (one noisy measurement
+must not decide a short run) and backs off to every few minutes. Each choice is reported as a :class:`Choice`.
 
 >>> tuner = ThreadTuner()                                # candidates 1, 2, 4, … up to torch.get_num_threads()
 >>> loss = tuner.run(lambda: trainer.train_step())      # doctest: +SKIP
@@ -29,6 +30,7 @@ import torch
 __all__ = [
     "Choice",
     "DRIFT",
+    "FIRST_RECHECK_S",
     "RECHECK_S",
     "ThreadTuner",
     "Threads",
@@ -40,11 +42,13 @@ __all__ = [
 Threads = int | Literal["auto"] | None  # a fixed count, "auto" (measured), or None (leave torch's setting)
 T = TypeVar("T")
 
-RECHECK_S = 180.0  # seconds between routine re-measurements (a busy process may have come or gone)
+FIRST_RECHECK_S = 15.0  # seconds to the first routine re-measurement; the interval then doubles …
+RECHECK_S = 180.0  # … up to this (a busy process may have come or gone)
 DRIFT = 1.3  # re-measure when the rolling median time per unit exceeds DRIFT × the chosen count's time …
 WINDOW = 5  # … over the last WINDOW units
 TRIALS = 3  # timed units per leading candidate (their median decides)
 LEADER_RATIO = 1.25  # after one timed unit each, candidates within this factor of the best get TRIALS units
+PRUNE = 1.5  # a scan drops a count whose warm-up unit alone took this many times the best timed unit
 OVERHEAD = 0.1  # re-measure only while measuring has taken at most this share of the time so far
 
 
@@ -79,7 +83,7 @@ def default_max_threads() -> int:
 class Choice:
     """One decision: run at ``threads`` because of ``reason`` (``initial``, ``drift``, ``periodic`` or
     ``single``, when there is only one candidate); ``step_s`` holds the measured median seconds per unit of work
-    of each candidate tried (empty for ``single``)."""
+    of each candidate tried (for a count dropped after its warm-up unit, that unit's time; empty for ``single``)."""
 
     threads: int
     reason: str
@@ -92,9 +96,12 @@ class ThreadTuner:
     Tuning runs in two rounds. *Scan*: one timed unit at every candidate. *Refine*: the candidates within
     ``leader_ratio`` of the best get ``trials`` timed units in all, and the lowest median wins. The first unit after
     each change of thread count (and the very first unit) is run but not timed: a new count pays for waking its
-    threads and for allocations. Once chosen, the count is re-measured when the median of the last ``window``
-    units exceeds ``drift`` × its tuned time per unit, and every ``recheck_s`` seconds — but only while the units
-    run during measurements have taken at most ``overhead`` of the time since the first unit, so that a load that
+    threads and for allocations. A scan's warm-up unit that already took ``prune`` × the best timed unit ends that
+    count's scan without a timed unit (on a busy machine the slow counts cost one unit each, not two). Once chosen,
+    the count is re-measured when the median of the last ``window`` units exceeds ``drift`` × its tuned time per
+    unit, and on a schedule: ``first_recheck_s`` after a choice made at start-up or on drift, the interval
+    doubling after each routine re-measurement up to ``recheck_s``. Re-measuring starts only while the units run
+    during measurements have taken at most ``overhead`` of the time since the first unit, so that a load that
     comes and goes, or units of minutes each, cannot keep the tuner measuring slow counts.
 
     Args:
@@ -110,8 +117,10 @@ class ThreadTuner:
         *,
         trials: int = TRIALS,
         leader_ratio: float = LEADER_RATIO,
+        prune: float = PRUNE,
         drift: float = DRIFT,
         window: int = WINDOW,
+        first_recheck_s: float = FIRST_RECHECK_S,
         recheck_s: float = RECHECK_S,
         overhead: float = OVERHEAD,
         on_choice: Callable[[Choice], None] | None = None,
@@ -125,8 +134,12 @@ class ThreadTuner:
         if not counts or counts[0] < 1:
             raise ValueError(f"thread candidates must be positive integers, got {list(candidates or [])}")
         self.candidates = counts
-        self.trials, self.leader_ratio, self.drift = max(1, trials), leader_ratio, drift
+        self.trials, self.leader_ratio, self.prune, self.drift = max(1, trials), leader_ratio, prune, drift
         self.window, self.recheck_s, self.overhead = max(1, window), recheck_s, overhead
+        self.first_recheck_s = min(first_recheck_s, recheck_s)
+        self._interval = (
+            self.first_recheck_s
+        )  # seconds from the last choice to the next routine re-measurement
         self.on_choice = on_choice
         self._clock, self._set, self._get = clock, set_threads, get_threads
         self.choices: list[Choice] = []
@@ -195,7 +208,7 @@ class ThreadTuner:
             if not switched:
                 self._recent.append(dt)
             now = self._clock()
-            due = now - self._tuned_at >= self.recheck_s
+            due = now - self._tuned_at >= self._interval
             drifted = (
                 len(self._recent) == self.window
                 and statistics.median(self._recent) > self.drift * self._baseline
@@ -204,12 +217,17 @@ class ThreadTuner:
             if (due or drifted) and self.measuring_s <= self.overhead * (now - start):
                 self._start("periodic" if due else "drift", first=n)
             return
-        if switched:  # the first unit at a new count: warm-up, not timed
-            return
-        self._samples.setdefault(n, []).append(dt)
-        count, needed = self._plan[0]
-        if len(self._samples[count]) >= needed:
+        if switched:  # the first unit at a new count: warm-up, not timed …
+            timed = [s[0] for s in self._samples.values()]
+            if not (self._phase == "scan" and timed and dt > self.prune * min(timed)):
+                return
+            self._samples[n] = [dt]  # … unless it alone shows the count is slow: its time is an upper bound
             self._plan.pop(0)
+        else:
+            self._samples.setdefault(n, []).append(dt)
+            count, needed = self._plan[0]
+            if len(self._samples[count]) >= needed:
+                self._plan.pop(0)
         if self._plan:
             return
         if self._phase == "scan":
@@ -226,6 +244,8 @@ class ThreadTuner:
         medians = {c: statistics.median(s) for c, s in sorted(self._samples.items())}
         self.chosen = min(self._leaders, key=lambda c: (medians[c], c))  # a tie goes to fewer threads
         self._baseline, self._tuned_at, self._phase = medians[self.chosen], self._clock(), "run"
+        periodic = self._reason == "periodic"
+        self._interval = min(2 * self._interval, self.recheck_s) if periodic else self.first_recheck_s
         self._recent.clear()
         self._emit(Choice(self.chosen, self._reason, medians))
 
