@@ -22,6 +22,7 @@ from ddpm.metrics.fid import (
     fid_from_images,
     fid_from_stats,
     frechet_distance,
+    frechet_distance_low_rank,
     inception_score,
     kid,
     load_images,
@@ -78,6 +79,26 @@ def test_frechet_closed_form_commuting_covariances():
     q, _ = np.linalg.qr(rng.standard_normal((d, d)))
     s1, s2 = q @ np.diag(a) @ q.T, q @ np.diag(b) @ q.T
     assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(expected, rel=1e-8)
+
+
+@pytest.mark.parametrize("n", [2, 9, 40])
+def test_low_rank_frechet_equals_the_matrix_square_root_form(n):
+    """n ≤ d images: the n×n eigenvalue form of tr (Σ1Σ2)^½ gives the same distance as sqrtm (and is exact for
+    two images, where Σ1 = vvᵀ has rank 1: tr (Σ1Σ2)^½ = √(vᵀΣ2v))."""
+    rng = np.random.default_rng(n)
+    d = 48
+    feats = rng.standard_normal((n, d)) @ rng.standard_normal((d, d)) * 0.3 + rng.standard_normal(d)
+    b = rng.standard_normal((3 * d, d))
+    mu2, s2 = rng.standard_normal(d), b.T @ b / (3 * d)
+    mu1, s1 = feats.mean(0), np.cov(feats, rowvar=False)
+    got = frechet_distance_low_rank(feats, mu2, s2)
+    assert got == pytest.approx(frechet_distance(mu1, s1, mu2, s2), rel=1e-7)
+    if n == 2:
+        v = (feats[0] - feats[1]) / np.sqrt(2)  # Σ1 = vvᵀ
+        want = np.sum((mu1 - mu2) ** 2) + v @ v + np.trace(s2) - 2 * np.sqrt(v @ s2 @ v)
+        assert got == pytest.approx(want, rel=1e-12)
+    with pytest.raises(ValueError, match="features"):
+        frechet_distance_low_rank(feats[:1], mu2, s2)
 
 
 def test_frechet_matches_pytorch_fid_including_near_singular():

@@ -305,7 +305,7 @@ def test_checkpoints_with_the_older_state_layout_still_resume(tmp_path):
         del st[key]
     torch.save(st, ck / "state.pt")
     back = Trainer(cfg, tmp_path / "run", resume=True, progress=False)
-    want = {**st, "elapsed_s": 0.0, "nonfinite_in_a_row": 0}
+    want = {**st, "elapsed_s": 0.0, "nonfinite_in_a_row": 0, "best_fid": math.inf, "best_fid_step": -1}
     want = {k: want[k] for k in TrainProgress().state_dict()}
     assert back.run_progress.state_dict() == want
     back.close()

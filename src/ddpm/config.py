@@ -108,6 +108,12 @@ class TrainConfig:
     keep_checkpoints: int = 3
     sample_every: int | None = None  # steps between sample grids from fixed noise
     sample_n: int = 64
+    # FID during training (ddpm.train.fid_monitor): every fid_every steps, fid_n images from the EMA network with
+    # the run's sampler against fid_ref (None: the training data, fid_ref_n of its images; statistics cached)
+    fid_every: int | None = None
+    fid_n: int = 1000
+    fid_ref: str | None = None
+    fid_ref_n: int | None = 10_000
     max_nonfinite: int = 10  # consecutive non-finite losses tolerated before the run stops
     channels_last: bool = False
     compile: bool = False

@@ -469,9 +469,11 @@ def loss_stats_markdown(records: Sequence[dict[str, Any]]) -> str:
 
 
 def plot_losses(records: Sequence[dict[str, Any]], path: str | Path, title: str = "training loss") -> Path:
-    """Train (raw and smoothed) and validation loss against step, log-scaled, as a PNG (7 × 4 in at 120 dpi)."""
+    """Train (raw and smoothed) and validation loss against step, log-scaled, as a PNG (7 × 4 in at 120 dpi); FID
+    during training (``train.fid_every``), when the records hold it, on a second axis at the right."""
     train = [(r["step"], r["loss"]) for r in records if "loss" in r and "step" in r]
     val = [(r["step"], r["val_loss"]) for r in records if "val_loss" in r and "step" in r]
+    fid = [(r["step"], r["fid"], r.get("fid_n")) for r in records if "fid" in r and "step" in r]
     fig = _figure(7, 4, 120)
     ax = fig.add_subplot()
     if train:
@@ -487,9 +489,18 @@ def plot_losses(records: Sequence[dict[str, Any]], path: str | Path, title: str 
         ax.plot(s, v, "o-", color="tab:orange", lw=2, ms=3, label="validation")
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
+    handles, labels = ax.get_legend_handles_labels()
+    if fid:
+        s, v, n = zip(*fid, strict=True)
+        right = ax.twinx()
+        right.plot(s, v, "s-", color="tab:green", lw=2, ms=4, label=f"FID ({n[-1]} samples)")
+        right.set_ylabel("FID")
+        h, lab = right.get_legend_handles_labels()
+        handles, labels = handles + h, labels + lab
     if train or val:
         ax.set_yscale("log")
-        ax.legend()
+    if handles:
+        ax.legend(handles, labels)
     ax.set_title(title)
     ax.grid(alpha=0.3)
     fig.tight_layout()

@@ -41,6 +41,7 @@ __all__ = [
     "compute_stats",
     "fid_from_stats",
     "frechet_distance",
+    "frechet_distance_low_rank",
     "inception_path",
     "inception_score",
     "is_stats_file",
@@ -262,6 +263,32 @@ def frechet_distance(
             )
         covmean = covmean.real
     return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * np.trace(covmean))
+
+
+def frechet_distance_low_rank(features: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
+    """The Fréchet distance of :func:`frechet_distance` between the Gaussian fitted to ``features`` [n, d]
+    (sample mean and unbiased covariance Σ1) and N(mu2, sigma2), exactly and fast when n ≤ d.
+
+    With A the centred features, Σ1 = AᵀA/(n−1), so Σ1Σ2 has the nonzero eigenvalues of the n×n symmetric PSD
+    matrix AΣ2Aᵀ/(n−1); and since Σ1Σ2 is similar to Σ1^{1/2}Σ2Σ1^{1/2}, tr (Σ1Σ2)^{1/2} is the sum of their
+    square roots. An n×n ``eigvalsh`` replaces the d×d ``sqrtm`` (1,000 images against 2048-d statistics: a
+    fraction of a second instead of many seconds), with no ε regularisation. It agrees with
+    :func:`frechet_distance` to round-off; the published figures (``ddpm fid``) keep pytorch-fid's numerics.
+    """
+    x = np.asarray(features, np.float64)
+    if x.ndim != 2 or x.shape[0] < 2:
+        raise ValueError(f"features must be [n >= 2, d], got shape {x.shape}")
+    mu2, sigma2 = np.asarray(mu2, np.float64), np.asarray(sigma2, np.float64)
+    if mu2.shape != (x.shape[1],) or sigma2.shape != (x.shape[1],) * 2:
+        raise ValueError(f"statistics of shape {mu2.shape}, {sigma2.shape} do not match features {x.shape}")
+    n = x.shape[0]
+    mu1 = x.mean(axis=0)
+    a = x - mu1
+    gram = a @ sigma2 @ a.T / (n - 1)
+    eig = np.linalg.eigvalsh((gram + gram.T) / 2)
+    tr_covmean = float(np.sqrt(np.clip(eig, 0.0, None)).sum())
+    diff = mu1 - mu2
+    return float(diff @ diff + (a * a).sum() / (n - 1) + np.trace(sigma2) - 2.0 * tr_covmean)
 
 
 def fid_from_stats(a: FeatureStats, b: FeatureStats, warn: bool = True) -> float:

@@ -24,6 +24,7 @@ from ..checkpoint import (
 from ..runlog import append as append_record
 from ..threads import Choice, ThreadTuner, thread_scope
 from . import checkpointing
+from .fid_monitor import FIDMonitor
 from .setup import TrainingError
 
 if TYPE_CHECKING:
@@ -134,6 +135,7 @@ def run(tr: Trainer) -> dict[str, Any]:
         bar = tqdm(total=total, initial=tr.step, desc="train", dynamic_ncols=True, file=sys.stderr)
     window_loss, window_n, window_images, window_start = 0.0, 0, 0.0, tr.clock()
     last_saved = tr.step if latest_checkpoint(tr.ckpt_dir) else -1
+    fid = FIDMonitor(tr) if tc.fid_every else None
     with signals(tr), thread_tuning(tr, metrics) as tuner:
         while tr.step < tr.total_steps:
             if should_stop(tr, deadline):
@@ -179,6 +181,17 @@ def run(tr: Trainer) -> dict[str, Any]:
                             **_threads_postfix(tuner),
                             refresh=False,
                         )
+            if fid is not None and fid.due():
+                rec = fid.evaluate()
+                append_record(metrics, rec)
+                window_start += rec["fid_s"] + rec.get("fid_ref_s", 0.0)  # not training time: not in img/s
+                if bar is not None:
+                    bar.set_postfix(
+                        loss=f"{out['loss']:.4f}",
+                        fid=f"{rec['fid']:.2f}",
+                        **_threads_postfix(tuner),
+                        refresh=False,
+                    )
             if tc.sample_every and tr.step % tc.sample_every == 0 and tr.dist.is_main:
                 tr.sample_grid(tr.run_dir / "samples" / f"step-{tr.step:07d}.png")
             if tc.checkpoint_every and tr.step % tc.checkpoint_every == 0 and checkpointing.periodic_save(tr):
@@ -223,6 +236,7 @@ def finish(tr: Trainer, last_saved: int) -> dict[str, Any]:
         "checkpoint": str(ckpt or latest_checkpoint(tr.ckpt_dir)),
         "best_val": tr.best_val if math.isfinite(tr.best_val) else None,
         "best_step": tr.best_step,
+        **({"best_fid": tr.best_fid, "best_fid_step": tr.best_fid_step} if tr.best_fid_step >= 0 else {}),
         "nonfinite_total": tr.nonfinite_total,
         "train_loss": loss_stats(records, "loss"),
     }

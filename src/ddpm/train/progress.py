@@ -42,6 +42,10 @@ class TrainProgress:
     nonfinite_in_a_row: int = 0  # consecutive skipped steps (non-finite loss or gradient)
     nonfinite_total: int = 0
     elapsed_s: float = 0.0  # training wall-clock seconds over every invocation: the train.max_minutes budget
+    best_fid: float = (
+        math.inf
+    )  # the lowest FID during training (train.fid_every), kept in checkpoints/best-fid
+    best_fid_step: int = -1
 
     def state_dict(self) -> dict[str, int | float]:
         return asdict(self)
@@ -66,8 +70,12 @@ class TrainProgress:
                     f"training state: {f.name!r} should be a number, got {type(v).__name__}"
                 )
             values[f.name] = v
-        if math.isnan(values.get("best_val", 0.0)) or not 0 <= values.get("elapsed_s", 0.0) < math.inf:
-            raise CheckpointError("training state: 'best_val' or 'elapsed_s' is out of range")
+        if (
+            math.isnan(values.get("best_val", 0.0))
+            or math.isnan(values.get("best_fid", 0.0))
+            or not 0 <= values.get("elapsed_s", 0.0) < math.inf
+        ):
+            raise CheckpointError("training state: 'best_val', 'best_fid' or 'elapsed_s' is out of range")
         return cls(**values)
 
 
@@ -100,13 +108,14 @@ def load_best_weights(ckpt_dir: str | Path, step: int) -> tuple[dict[str, Tensor
 
 
 def prune_best_weights(ckpt_dir: str | Path, keep_step: int | None) -> None:
-    """Delete every ``best-*`` directory but the one for ``keep_step`` (all of them when None)."""
+    """Delete every ``best-NNNNNNN`` directory but the one for ``keep_step`` (all of them when None); other
+    directories (``best-fid``) are left alone."""
     root = Path(ckpt_dir)
     if not root.is_dir():
         return
     keep = best_weights_name(keep_step) if keep_step is not None else None
     for p in root.iterdir():
-        if p.name.startswith("best-") and p.name != keep and p.is_dir():
+        if p.name.startswith("best-") and p.name[5:].isdigit() and p.name != keep and p.is_dir():
             _remove_checkpoint(p)
 
 

@@ -22,6 +22,9 @@ def validate_config(cfg: Config) -> None:
         "train.grad_accum": (tc.grad_accum, 1),
         "train.log_every": (tc.log_every, 1),
         "train.sample_n": (tc.sample_n, 1),
+        "train.fid_every": (tc.fid_every if tc.fid_every is not None else 1, 1),
+        "train.fid_n": (tc.fid_n, 2),  # a covariance needs two images
+        "train.fid_ref_n": (tc.fid_ref_n if tc.fid_ref_n is not None else 2, 2),
         "train.val_batches": (tc.val_batches, 1),
         "train.max_nonfinite": (tc.max_nonfinite, 0),
         "data.limit": (d.limit if d.limit is not None else 1, 1),

@@ -52,6 +52,8 @@ class Trainer:
     step = _ProgressField()
     best_val = _ProgressField()
     best_step = _ProgressField()
+    best_fid = _ProgressField()
+    best_fid_step = _ProgressField()
     bad_validations = _ProgressField()
     nonfinite_in_a_row = _ProgressField()
     nonfinite_total = _ProgressField()
