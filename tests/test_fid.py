@@ -360,9 +360,16 @@ def test_reference_stats_cache(tmp_path):
         )
 
 
-def test_inception_score_is_not_faked():
-    with pytest.raises(NotImplementedError, match="logits"):
-        inception_score(np.zeros((2, 3, 32, 32), np.uint8))
+def test_inception_score_is_not_faked(monkeypatch):
+    """Without the classifier's weights file no other network stands in: the error names the file (the score
+    itself is tests/test_inception_score.py)."""
+    import re
+
+    from ddpm.metrics.isc import WEIGHTS_ENV, WEIGHTS_FILENAME, InceptionWeightsError
+
+    monkeypatch.delenv(WEIGHTS_ENV, raising=False)
+    with pytest.raises(InceptionWeightsError, match=re.escape(WEIGHTS_FILENAME)):
+        inception_score(np.zeros((10, 3, 32, 32), np.uint8))
 
 
 # ---------------------------------------------------------------------------- the network

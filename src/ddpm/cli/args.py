@@ -1,5 +1,5 @@
 """What every ``ddpm`` sub-command shares: the user-error type, argument types that refuse bad values in one
-line, and the option groups (model source, evaluation, Inception network)."""
+line, and the option groups (model source, evaluation, Inception network, Inception Score weights)."""
 
 from __future__ import annotations
 
@@ -50,6 +50,15 @@ def _add_inception_options(p: argparse.ArgumentParser) -> None:
         default="fp32",
         choices=["fp32", "bf16"],
         help="bf16 autocast: ~1.7x faster on a CPU with bf16 units; figures move slightly (cached apart)",
+    )
+
+
+def _add_inception_weights(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--inception-weights",
+        metavar="FILE",
+        help="Inception classifier weights for the Inception Score: pt_inception-2015-12-05-6726825d.pth "
+        "(pytorch-fid's release; default $DDPM_INCEPTION_WEIGHTS)",
     )
 
 

@@ -1,4 +1,4 @@
-"""``ddpm fid``, ``ddpm fid-ref``, ``ddpm eval``, ``ddpm study`` and ``ddpm nll``."""
+"""``ddpm fid``, ``ddpm fid-ref``, ``ddpm is``, ``ddpm eval``, ``ddpm study`` and ``ddpm nll``."""
 
 from __future__ import annotations
 
@@ -14,12 +14,15 @@ from .args import (
     _add_common,
     _add_eval_options,
     _add_inception_options,
+    _add_inception_weights,
     _add_model_source,
     _inception,
     _positive_int,
     _seed,
     _steps,
 )
+
+IS_PUBLISHED_N = 50_000  # Salimans et al. 2016 and the papers after them: 50k samples, 10 splits
 
 
 def cmd_fid(args: argparse.Namespace) -> int:
@@ -38,6 +41,26 @@ def cmd_fid(args: argparse.Namespace) -> int:
     if "kid" in r:
         print(f"KID {r['kid']:.6f} ± {r['kid_std']:.6f}")
     print(f"FID {r['fid']:.4f}")
+    return 0
+
+
+def cmd_is(args: argparse.Namespace) -> int:
+    from ..metrics import isc
+
+    device = None if args.device == "auto" else args.device
+    classifier = isc.InceptionClassifier(
+        args.inception_weights, device=device, batch_size=args.inception_batch
+    )
+    images = _images_for_metrics(args)
+    n = len(images)
+    mean, std = isc.inception_score(images, splits=args.splits, classifier=classifier)
+    print(f"images: {n} in {args.splits} splits")
+    if n < IS_PUBLISHED_N:
+        print(
+            f"note: the Inception Score is published for 50,000 images in 10 splits; fewer (n={n}) give a lower, "
+            "noisier score: compare only figures made with the same n and splits"
+        )
+    print(f"IS {mean:.4f} ± {std:.4f}")
     return 0
 
 
@@ -83,6 +106,7 @@ def cmd_fid_ref(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from ..metrics.evaluate import evaluate_model
+    from ..metrics.isc import resolve_weights
     from ..pipeline import load_model
 
     lm = load_model(args.run, ema=not args.no_ema, device=args.device)
@@ -99,6 +123,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         fid=not args.no_fid,
         extractor=_inception(args),
         progress=not args.no_progress,
+        inception_weights=resolve_weights(args.inception_weights),
+        is_splits=args.is_splits,
     )
     if runlog.has_log(args.run):
         runlog.append_event(args.run, "eval", r)
@@ -112,6 +138,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(f"predicted classes: {r['histogram']}")
     else:
         print(f"classifier: {r['classifier']}")
+    if "is_mean" in r:
+        print(f"IS {r['is_mean']:.4f} ± {r['is_std']:.4f}  ({r['is_splits']} splits)")
+    else:
+        print(f"IS skipped: {r['is_skipped']}")
     if "kid" in r:
         print(f"KID {r['kid']:.6f} ± {r['kid_std']:.6f}")
     if "fid" in r:
@@ -220,9 +250,29 @@ def register(sub: Any) -> None:
     _add_common(fr)
     fr.set_defaults(func=cmd_fid_ref)
 
-    e = sub.add_parser("eval", help="FID/KID and classifier confidence/class histogram of a run's samples")
+    i = sub.add_parser("is", help="Inception Score of images (needs the Inception classifier's weights file)")
+    i.add_argument(
+        "--images", required=True, help="FILE.npz, a folder of images, or a run directory (samples --n)"
+    )
+    i.add_argument("--n", type=_positive_int, help="number of images to use (or to sample from a run)")
+    _add_inception_weights(i)
+    i.add_argument("--splits", type=_positive_int, default=10, help="parts the score is averaged over (10)")
+    i.add_argument("--inception-batch", type=_positive_int, default=50, help="images per Inception pass")
+    i.add_argument("--method", choices=sorted(METHODS))
+    i.add_argument("--steps", type=_steps, default=-1)
+    i.add_argument("--seed", type=_seed, default=0)
+    i.add_argument("--device", default="auto")
+    _add_common(i)
+    i.set_defaults(func=cmd_is)
+
+    e = sub.add_parser(
+        "eval",
+        help="FID/KID, classifier confidence/class histogram (and IS with its weights) of a run's samples",
+    )
     e.add_argument("run")
     _add_eval_options(e)
+    _add_inception_weights(e)
+    e.add_argument("--is-splits", type=_positive_int, default=10, help="Inception Score splits (10)")
     e.add_argument(
         "--ref", help="reference: dataset name, stats .npz or image folder (default: the run's dataset)"
     )

