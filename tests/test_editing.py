@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
 import ddpm
+from conftest import run_cli
 from ddpm import GaussianDiffusion, NoiseSchedule
 from ddpm.editing import (
     EditError,
@@ -295,3 +297,117 @@ def test_interpolation_ends_reconstruct_and_middle_is_decoded_slerp():
         interpolate(oracle, d, xa, xb, 1, 10)
     with pytest.raises(EditError):
         interpolate(oracle, d, xa, xb[:1], 3, 10)
+
+
+# --------------------------------------------------------------------------- command line (a tiny trained run)
+def _png(path, arr):
+    from PIL import Image
+
+    Image.fromarray(arr).save(path)
+    return str(path)
+
+
+@pytest.fixture
+def digits(tmp_path):
+    """Two 16×16 grayscale PNGs (the tiny run's image shape) and their pixels."""
+    g = np.random.default_rng(0)
+    arrs = [g.integers(0, 256, (16, 16), dtype=np.uint8) for _ in range(2)]
+    return [_png(tmp_path / f"in{i}.png", a) for i, a in enumerate(arrs)], arrs
+
+
+def test_cli_inpaint_keeps_the_known_pixels_and_writes_the_grid(tiny_run, digits, tmp_path, capsys):
+    from PIL import Image
+
+    files, arrs = digits
+    mask = np.zeros((16, 16), dtype=np.uint8)
+    mask[:, :5] = 255  # known: the five left columns
+    out, npz = tmp_path / "grid.png", tmp_path / "out.npz"
+    code, _, err = run_cli(
+        capsys, "edit", "inpaint", "--run", str(tiny_run), "--input", *files, "--mask", _png(tmp_path / "m.png", mask),
+        "--steps", "6", "--jump-length", "2", "--jump-n-sample", "2", "--samples", "2", "--out", str(out),
+        "--npz", str(npz), "--no-progress",
+    )  # fmt: skip
+    assert code == 0, err
+    x = np.load(npz)["x"]
+    assert x.shape == (4, 16, 16, 1)
+    for i in range(4):
+        assert np.array_equal(
+            x[i, :, :5, 0], arrs[i // 2][:, :5]
+        )  # known pixels exactly, unknown ones generated
+    assert not np.array_equal(x[0, :, 5:, 0], arrs[0][:, 5:])
+    with Image.open(out) as im:
+        assert im.size == (4 * 18 + 2, 2 * 18 + 2)  # input, mask, 2 samples; a row per input
+
+
+def test_cli_sdedit_invert_interpolate(tiny_run, digits, tmp_path, capsys):
+    files, arrs = digits
+    batch = tmp_path / "batch.npz"
+    np.savez(batch, x=np.stack(arrs)[..., None])
+    code, _, err = run_cli(
+        capsys, "edit", "sdedit", "--run", str(tiny_run), "--input", str(batch), "--strength", "0", "0.5",
+        "--method", "ddim", "--steps", "3", "--out", str(tmp_path / "sd.png"), "--npz", str(tmp_path / "sd.npz"),
+    )  # fmt: skip
+    assert code == 0, err
+    x = np.load(tmp_path / "sd.npz")["x"]
+    assert x.shape == (4, 16, 16, 1) and np.array_equal(x[:2, ..., 0], np.stack(arrs))  # strength 0: identity
+    code, out, err = run_cli(
+        capsys, "edit", "invert", "--run", str(tiny_run), "--input", *files, "--steps", "5",
+        "--out", str(tmp_path / "inv.png"), "--npz", str(tmp_path / "inv.npz"), "--no-progress",
+    )  # fmt: skip
+    assert code == 0 and "reconstruction" in out, err
+    f = np.load(tmp_path / "inv.npz")
+    assert (
+        f["noise"].shape == (2, 1, 16, 16)
+        and f["noise"].dtype == np.float32
+        and f["x"].shape == (2, 16, 16, 1)
+    )
+    code, _, err = run_cli(
+        capsys, "edit", "interpolate", "--run", str(tiny_run), "--data-images", "0,1", "--steps", "4",
+        "--frames", "4", "--out", str(tmp_path / "int.png"), "--npz", str(tmp_path / "int.npz"),
+    )  # fmt: skip
+    assert code == 0, err
+    assert np.load(tmp_path / "int.npz")["x"].shape == (4, 16, 16, 1)
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["mask-size", "strength-high", "strength-negative", "rgb", "image-size", "npz-without-x", "not-an-image",
+     "missing", "three-to-interpolate", "mask-preset", "class-unconditional", "no-input"],
+)  # fmt: skip
+def test_cli_bad_input_is_one_line(case, tiny_run, digits, tmp_path, capsys):
+    files, _ = digits
+    run = ["--run", str(tiny_run)]
+    inp = ["edit", "inpaint", *run, "--input", files[0], "--steps", "2", "--no-progress"]
+    argv = {
+        "mask-size": [*inp, "--mask", _png(tmp_path / "m.png", np.zeros((8, 8), dtype=np.uint8))],
+        "strength-high": ["edit", "sdedit", *run, "--input", files[0], "--strength", "1.5"],
+        "strength-negative": ["edit", "sdedit", *run, "--input", files[0], "--strength", "0.5", "-0.1"],
+        "rgb": ["edit", "invert", *run, "--input", _png(tmp_path / "c.png", np.zeros((16, 16, 3), np.uint8))],
+        "image-size": [
+            "edit",
+            "invert",
+            *run,
+            "--input",
+            _png(tmp_path / "s.png", np.zeros((20, 20), np.uint8)),
+        ],
+        "npz-without-x": ["edit", "invert", *run, "--input", str(_npz(tmp_path / "b.npz", y=np.zeros(3)))],
+        "not-an-image": ["edit", "invert", *run, "--input", str(_text(tmp_path / "t.png"))],
+        "missing": ["edit", "invert", *run, "--input", str(tmp_path / "nope.png")],
+        "three-to-interpolate": ["edit", "interpolate", *run, "--input", *files, files[0], "--steps", "2"],
+        "mask-preset": [*inp, "--mask", "random:1.5"],
+        "class-unconditional": [*inp, "--mask", "center", "--class", "1"],
+        "no-input": ["edit", "invert", *run],
+    }[case]
+    code, _, err = run_cli(capsys, *argv)
+    assert code != 0
+    assert err.startswith("ddpm: error:") and err.count("\n") == 1 and "Traceback" not in err, err
+
+
+def _npz(path, **arrays):
+    np.savez(path, **arrays)
+    return path
+
+
+def _text(path):
+    path.write_text("not a picture")
+    return path

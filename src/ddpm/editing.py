@@ -27,6 +27,8 @@ from .sampling import ModelFn, _Chain, _progress, _randn_like, sample, timestep_
 
 __all__ = [
     "EditError",
+    "MASK_PRESETS",
+    "mask_preset",
     "inpaint",
     "jump_schedule",
     "sdedit",
@@ -48,6 +50,40 @@ def _check_images(x: Tensor, name: str) -> None:
         raise EditError(f"{name} must be a batch of images [N, C, H, W], got {shape}")
     if not torch.isfinite(x).all():
         raise EditError(f"{name} has non-finite values")
+
+
+MASK_PRESETS = ("left-half", "right-half", "top-half", "bottom-half", "center", "outside-center", "random:P")
+
+
+def mask_preset(name: str, size: tuple[int, int], generator: torch.Generator | None = None) -> Tensor:
+    """A named inpainting mask [1, 1, H, W] (1: known): ``left-half`` keeps the left half (the right one is filled
+    in), likewise ``right-``, ``top-``, ``bottom-half``; ``center`` fills in the central H/2 × W/2 square,
+    ``outside-center`` everything but it; ``random:P`` fills in each pixel with probability P (drawn from
+    ``generator``)."""
+    h, w = size
+    m = torch.ones(1, 1, h, w)
+    if name == "left-half":
+        m[..., w // 2 :] = 0
+    elif name == "right-half":
+        m[..., : w - w // 2] = 0
+    elif name == "top-half":
+        m[..., h // 2 :, :] = 0
+    elif name == "bottom-half":
+        m[..., : h - h // 2, :] = 0
+    elif name in ("center", "outside-center"):
+        m[..., h // 4 : h // 4 + h // 2, w // 4 : w // 4 + w // 2] = 0
+        m = 1 - m if name == "outside-center" else m
+    elif name.startswith("random:"):
+        try:
+            p = float(name.partition(":")[2])
+        except ValueError:
+            p = float("nan")
+        if not 0.0 <= p <= 1.0:
+            raise EditError(f"mask {name!r}: the fraction to fill in must be a number in [0, 1]")
+        m = (torch.rand(1, 1, h, w, generator=generator) >= p).float()
+    else:
+        raise EditError(f"unknown mask preset {name!r}; choose one of {', '.join(MASK_PRESETS)}")
+    return m
 
 
 # --------------------------------------------------------------------------- RePaint
