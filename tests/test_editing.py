@@ -123,6 +123,28 @@ def test_repaint_error_shrinks_with_steps_and_jumps_and_beats_plain_replacement(
     assert by_steps[-1] < 0.2 and min(plain) > 0.8, (plain, by_steps)
 
 
+def test_repaint_model_sees_known_pixels_drawn_from_q():
+    """Every x_t the network sees (after reverse steps and after jumps) has known pixels distributed as
+    q(x_t | x₀) = N(√ᾱ_t x₀, (1 − ᾱ_t) I) (Algorithm 1, line 5): 5 standard errors on N = 4000."""
+    d = linear()
+    oracle, seen = Oracle(d), []
+
+    def probe(x, t):
+        seen.append((int(t[0]), flat(x)[:, KNOWN]))
+        return oracle(x, t)
+
+    x0 = torch.zeros(4000, D, dtype=torch.float64)
+    x0[:, KNOWN] = X_KNOWN
+    mask = images(torch.tensor([1.0, 1.0, 0.0, 0.0]))
+    inpaint(probe, d, images(x0), mask, 12, 3, 3, torch.Generator().manual_seed(7), clip_denoised=False)
+    assert len(seen) > 12 and len({t for t, _ in seen}) == 12  # the jumps revisit timesteps
+    for t, xk in seen:
+        a = float(d.schedule.alphas_cumprod[t])
+        sd = math.sqrt(1 - a)
+        assert ((xk.mean(0) - math.sqrt(a) * X_KNOWN).abs() < 5 * sd / math.sqrt(len(xk))).all(), t
+        assert ((xk.var(0) - sd**2).abs() < 5 * sd**2 * math.sqrt(2 / len(xk))).all(), t
+
+
 def test_jump_schedule_is_repaints():
     """get_schedule_jump of the RePaint repository (n_sample = 1), worked by hand for 7 steps, jumps of 2 × 3."""
     ts = jump_schedule(7, jump_length=2, jump_n_sample=3)
@@ -398,9 +420,16 @@ def test_cli_bad_input_is_one_line(case, tiny_run, digits, tmp_path, capsys):
         "class-unconditional": [*inp, "--mask", "center", "--class", "1"],
         "no-input": ["edit", "invert", *run],
     }[case]
+    says = {
+        "mask-size": "8×8", "strength-high": "strength", "strength-negative": "strength", "rgb": "3 channel",
+        "image-size": "20×20", "npz-without-x": "'x'", "not-an-image": "not a readable image", "missing": "nope.png",
+        "three-to-interpolate": "two images", "mask-preset": "random:1.5", "class-unconditional": "class-conditional",
+        "no-input": "--input",
+    }[case]  # fmt: skip
     code, _, err = run_cli(capsys, *argv)
     assert code != 0
     assert err.startswith("ddpm: error:") and err.count("\n") == 1 and "Traceback" not in err, err
+    assert says in err and "internal error" not in err, err
 
 
 def _npz(path, **arrays):
