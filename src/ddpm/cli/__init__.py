@@ -1,5 +1,6 @@
 """The ``ddpm`` command: a thin layer over the library, one module per command group (:mod:`.train`,
-:mod:`.sample`, :mod:`.edit`, :mod:`.evaluate`, :mod:`.convert`, :mod:`.classifier`), each registering its sub-commands.
+:mod:`.sample`, :mod:`.edit`, :mod:`.evaluate`, :mod:`.convert`, :mod:`.classifier`), each registering its
+sub-commands.
 
 Every failure a user can cause ends in one line on stderr (``ddpm: error: …``) and a non-zero exit; ``--debug``
 shows the traceback instead. The library raises typed errors that say what is wrong; :func:`main` maps them to
