@@ -9,10 +9,23 @@
 
 from . import presets
 from .diffusion import GaussianDiffusion
+from .editing import inpaint, interpolate, invert, sdedit
 from .nn.unet import UNet, UNetConfig
 from .sampling import sample
 from .schedule import NoiseSchedule
 
 __version__ = "0.1.0"
 
-__all__ = ["GaussianDiffusion", "NoiseSchedule", "UNet", "UNetConfig", "presets", "sample", "__version__"]
+__all__ = [
+    "GaussianDiffusion",
+    "NoiseSchedule",
+    "UNet",
+    "UNetConfig",
+    "inpaint",
+    "interpolate",
+    "invert",
+    "presets",
+    "sample",
+    "sdedit",
+    "__version__",
+]

@@ -201,6 +201,17 @@ class _Chain:
         t_orig = self.d.timestep_map[i].to(x.device).expand(x.shape[0])
         return self.d.model_predictions(self.model(x, t_orig), x, t, self.clip)
 
+    def ancestral(self, x: Tensor, i: int, generator: torch.Generator | None) -> Tensor:
+        """One step of Ho et al. Algorithm 2 from grid index i: x_{i−1} = μ_θ(x_i, i) + σ_i z (no noise at i = 0),
+        Σ_θ the diffusion's (fixed or learned)."""
+        t = torch.full((x.shape[0],), i, dtype=torch.long, device=x.device)
+        out = self.d.p_mean_variance(
+            self.model(x, self.d.timestep_map[i].to(x.device).expand(x.shape[0])), x, t, self.clip
+        )
+        if i == 0:
+            return out.mean
+        return out.mean + torch.exp(0.5 * out.log_variance) * _randn_like(x, generator)
+
     def result(self, x: Tensor) -> Tensor | tuple[Tensor, dict[int, Tensor]]:
         return (x, self.record.frames) if self.intermediates is not None else x
 
@@ -240,11 +251,7 @@ def ddpm(
     x = c.x
     for i in _progress(reversed(range(len(grid))), len(grid), progress):
         c.record(i, x)
-        t = torch.full((x.shape[0],), i, dtype=torch.long, device=x.device)
-        out = c.d.p_mean_variance(model(x, c.d.timestep_map[i].to(x.device).expand(x.shape[0])), x, t, c.clip)
-        x = out.mean
-        if i > 0:
-            x = x + torch.exp(0.5 * out.log_variance) * _randn_like(x, generator)
+        x = c.ancestral(x, i, generator)
     return c.result(x)
 
 
