@@ -1,5 +1,5 @@
 """The ``ddpm`` command: a thin layer over the library, one module per command group (:mod:`.train`,
-:mod:`.sample`, :mod:`.evaluate`, :mod:`.convert`, :mod:`.classifier`), each registering its sub-commands.
+:mod:`.sample`, :mod:`.evaluate`, :mod:`.convert`, :mod:`.classifier`, :mod:`.distill`), each registering its sub-commands.
 
 Every failure a user can cause ends in one line on stderr (``ddpm: error: …``) and a non-zero exit; ``--debug``
 shows the traceback instead. The library raises typed errors that say what is wrong; :func:`main` maps them to
@@ -14,7 +14,7 @@ import sys
 import warnings
 from collections.abc import Callable, Sequence
 
-from . import classifier, convert, evaluate, sample, train
+from . import classifier, convert, distill, evaluate, sample, train
 from .args import UserError, _Parser
 from .train import DEMO_MIN_STEPS
 
@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="ddpm", description="Denoising Diffusion Probabilistic Models: train, sample, evaluate.")
     p.add_argument("--version", action="version", version=f"ddpm {_version()}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for group in (train, sample, evaluate, convert, classifier):
+    for group in (train, sample, evaluate, convert, classifier, distill):
         group.register(sub)
     return p
 
@@ -53,6 +53,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from ..checkpoint import CheckpointError
     from ..config import ConfigError
     from ..data import DataError
+    from ..distill import DistillError
     from ..metrics.classifier import ClassifierError
     from ..train import TrainingError
 
@@ -62,6 +63,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         DataError,
         CheckpointError,
         TrainingError,
+        DistillError,
         ClassifierError,
         FileNotFoundError,
         PermissionError,
