@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any
 
 from .args import UserError, _add_common, _positive_int
@@ -21,7 +20,6 @@ def cmd_distill(args: argparse.Namespace) -> int:
     overrides = list(args.set or [])
     if args.data_root:
         overrides.append(f"data.root={args.data_root}")
-    print(f"distilling {args.run or args.out} into {args.out} ({args.method})", file=sys.stderr)
     summary = distill(
         args.run,
         args.out,

@@ -106,8 +106,8 @@ def student_config(
     for a multistep consistency student, whose steps re-noise) on the ``trailing`` grid at ``dc.steps``; constant
     lr 5e-4, EMA 0.999 (consistency: the target network's μ = 0.95, no warm-up), no validation or FID; then
     ``overrides`` (``--set``). Raises :class:`DistillError` when no budget is given."""
-    if dc.method == "progressive" and dc.round_steps is not None:
-        max_steps = dc.rounds * dc.round_steps
+    if dc.method == "progressive" and dc.round_steps is not None:  # a smaller max_steps cuts the run short
+        max_steps = min(max_steps or dc.rounds * dc.round_steps, dc.rounds * dc.round_steps)
     if max_steps is None and max_minutes is None:
         raise DistillError("give a budget: --max-steps, --max-minutes or --round-steps")
     consistency = dc.method == "consistency"
