@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import run_cli
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
+from conftest import run_cli
 from ddpm import GaussianDiffusion, NoiseSchedule
 from ddpm.distill import ConsistencyDistillation, ProgressiveDistillation, ddim_step, teacher_points
 from ddpm.sampling import sample, timestep_grid
@@ -75,7 +75,7 @@ def test_teacher_ddim_map_is_affine_in_x_T():
     g = torch.Generator().manual_seed(0)
     x1, x2 = torch.randn(2, 64, D, 1, 1, generator=g)
     for steps in (1, 2, 8):
-        f = lambda x: _ddim(exact_eps(eps_d), eps_d, x, steps).double()  # noqa: E731
+        f = lambda x, n=steps: _ddim(exact_eps(eps_d), eps_d, x, n).double()  # noqa: E731
         for lam in (0.3, 2.5):
             mixed = f(lam * x1 + (1 - lam) * x2)
             # float32 sampling: x̂₀ = (x − σ ε̂)/α amplifies roundoff by 1/α_{T−1} ≈ 160 at one step
@@ -118,7 +118,7 @@ def test_each_rounds_target_is_two_teacher_ddim_steps():
             z = torch.randn(16, D, 1, 1, generator=g, dtype=torch.float64)
             idx = torch.full((16,), j, dtype=torch.long)
 
-            def pred_x0(x: Tensor, tt: int) -> Tensor:
+            def pred_x0(x: Tensor, tt: int, d=d, teacher=teacher) -> Tensor:
                 tv = torch.full((x.shape[0],), tt, dtype=torch.long)
                 return d.model_predictions(teacher(x, tv), x, tv, clip_denoised=False)[0]
 
@@ -147,6 +147,33 @@ def test_each_rounds_target_is_two_teacher_ddim_steps():
             nxt.b.normal_(0, 0.3, generator=g)
         if pd.steps > 1:
             pd.next_round(nxt)
+
+
+def test_loss_weighting_is_truncated_snr_or_snr_plus_one():
+    """w = max(SNR, 1) (Salimans & Ho's truncated SNR) or SNR + 1 (the v-loss: ‖v − v̂‖² = (1 + SNR)‖x − x̂‖²)."""
+    eps_d, v_d = _diffusions()
+    g = torch.Generator().manual_seed(4)
+    x0, noise = _data(8, g)
+    j = torch.arange(4).repeat(2)
+    student = AffineV()
+    with torch.no_grad():
+        student.a.normal_(0, 0.5, generator=g)
+    for weighting in ("snr_trunc", "snr+1"):
+        pd = ProgressiveDistillation(exact_eps(eps_d), eps_d, v_d, steps=4, weighting=weighting, clip=False)
+        t = pd.t[j]
+        abar = v_d.schedule.alphas_cumprod[t]
+        snr = abar / (1 - abar)
+        w = snr.clamp(min=1) if weighting == "snr_trunc" else snr + 1
+        z = v_d.q_sample(x0, t, noise)
+        x_hat = abar.sqrt().reshape(-1, 1, 1, 1) * z - (1 - abar).sqrt().reshape(-1, 1, 1, 1) * student(z, t)
+        want = w * ((x_hat - pd.target(z, j)) ** 2).mean(dim=(1, 2, 3))
+        assert torch.allclose(pd.losses(student, x0, noise, j), want, rtol=1e-10)
+        if weighting == "snr+1":  # the v-loss
+            v_tilde = (abar.sqrt().reshape(-1, 1, 1, 1) * z - pd.target(z, j)) / (1 - abar).sqrt().reshape(
+                -1, 1, 1, 1
+            )
+            v_loss = ((student(z, t) - v_tilde) ** 2).mean(dim=(1, 2, 3))
+            assert torch.allclose(pd.losses(student, x0, noise, j), v_loss, rtol=1e-8)
 
 
 def _fit(pd: ProgressiveDistillation, student: AffineV, g: torch.Generator) -> float:
@@ -259,7 +286,8 @@ def test_tiny_run_distils_and_samples_through_the_cli(tiny_run, tmp_path, capsys
 
 
 def test_student_starts_from_the_teacher_and_samples_with_its_steps(tiny_run, tmp_path, capsys):
-    """Before any step the student is the teacher (θ ← η); `ddpm sample --run STUDENT` evaluates it 2 times."""
+    """Before any step the student is the teacher (θ ← η); sampling the student run evaluates it at the 2 points
+    of the trailing grid it was distilled for."""
     from ddpm.distill import distill
     from ddpm.pipeline import generate, load_model
 
@@ -279,9 +307,9 @@ def test_student_starts_from_the_teacher_and_samples_with_its_steps(tiny_run, tm
     for k, v in teacher.model.state_dict().items():
         assert torch.equal(v, student.model.state_dict()[k]), k
     inner = student.model.forward
-    student.model.forward = lambda *a, **k: calls.append(1) or inner(*a, **k)  # type: ignore[method-assign]
+    student.model.forward = lambda x, t, *a, **k: calls.append(int(t[0])) or inner(x, t, *a, **k)  # type: ignore[method-assign]
     generate(student, 2, threads=1)
-    assert len(calls) == 2
+    assert calls == timestep_grid(100, 2, "trailing")[::-1] == [99, 49]  # the grid it was distilled on
 
 
 def test_resume_after_a_cut_continues_exactly(tiny_run, tmp_path, capsys):
