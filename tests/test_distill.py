@@ -277,6 +277,11 @@ def test_tiny_run_distils_and_samples_through_the_cli(tiny_run, tmp_path, capsys
         r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "distill_round" in r
     ]
     assert [(r["step"], r["teacher_steps"], r["student_steps"]) for r in rounds] == [(0, 8, 4), (2, 4, 2)]
+    kept = json.loads((out / "rounds" / "4-steps" / "config.json").read_text())  # round 1's student, a run
+    assert (
+        kept["sample"]["steps"] == 4
+        and (out / "rounds" / "4-steps" / "checkpoints" / "step-0000002").is_dir()
+    )
     code, stdout, err = run_cli(
         capsys, "sample", "--run", str(out), "--n", "3", "--out", str(tmp_path / "s.npz"), "--no-progress"
     )

@@ -3,7 +3,7 @@ the student gets the trainer's EMA, optimizer, time budget, signals, atomic chec
 ``metrics.jsonl``; and :func:`distill`, the library entry point of ``ddpm distill``.
 
 The student is a run directory like any other (``ddpm sample --run STUDENT`` samples it at its distilled steps);
-``distill.json`` says how it was made. Each checkpoint's ``state.pt`` also holds the round and the current teacher's
+``distill.json`` says how it was made, and ``rounds/N-steps/`` keeps each finished progressive round's student. Each checkpoint's ``state.pt`` also holds the round and the current teacher's
 weights (key ``distill``), so a resumed run continues the round it was cut in without the teacher's run directory.
 """
 
@@ -21,8 +21,8 @@ from torch import Tensor, nn
 
 from .. import data as data_lib
 from ..builders import build_diffusion, build_model
-from ..checkpoint import CheckpointError, load_checkpoint, load_weights_into
-from ..config import Config, apply_overrides, config_from_dict
+from ..checkpoint import CheckpointError, load_checkpoint, load_weights_into, save_checkpoint
+from ..config import Config, apply_overrides, config_from_dict, config_to_dict
 from ..runlog import append as append_record
 from ..train import Trainer
 from .consistency import ConsistencyDistillation
@@ -150,12 +150,30 @@ class Distiller(Trainer):
         return self.elapsed() >= (self.round + 1) * 60 * minutes / self.dc.rounds
 
     def _next_round(self) -> None:
-        """η ← θ (the EMA student becomes the teacher), θ ← η, N ← N/2."""
+        """Keep this round's student (``rounds/N-steps``), then η ← θ (the EMA student becomes the teacher),
+        θ ← η, N ← N/2."""
         assert isinstance(self.method, ProgressiveDistillation)  # noqa: S101 - _round_due says so
+        self._save_round_student(self.method.steps)
         self.model.load_state_dict(self.ema.model.state_dict())
         self.method.next_round(copy.deepcopy(self.ema.model))
         self.round += 1
         self._log_round()
+
+    def _save_round_student(self, steps: int) -> None:
+        """``run_dir/rounds/N-steps``: the finished round's N-step student as a run of its own (``ddpm sample
+        --run`` samples it at N steps). Failing to write it is reported, not fatal."""
+        if not self.dist.is_main:
+            return
+        cfg = replace(self.config, sample=replace(self.config.sample, steps=steps))
+        root = self.run_dir / "rounds" / f"{steps}-steps"
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            (root / "config.json").write_text(json.dumps(config_to_dict(cfg), indent=2))
+            save_checkpoint(
+                root / "checkpoints", self.step, cfg, self.model.state_dict(), self.ema.state_dict()
+            )
+        except (CheckpointError, OSError) as e:
+            self.log(f"warning: could not keep the {steps}-step student: {e}")
 
     def _log_round(self) -> None:
         if not self.dist.is_main:
