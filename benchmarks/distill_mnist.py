@@ -50,6 +50,9 @@ def main() -> None:
     )
     ap.add_argument("--students", default="8,4,2,1", help="student step counts to score")
     ap.add_argument("--n", type=int, default=1000)
+    ap.add_argument(
+        "--ref-n", type=int, help="reference digits for FID (default all 10,000; fewer: smoke runs only)"
+    )
     ap.add_argument("--data-root", default=str(ROOT.parent / "shared" / "data" / "mnist"))
     ap.add_argument("--out", default="runs/distill-mnist")
     ap.add_argument(
@@ -78,7 +81,7 @@ def main() -> None:
 
     extractor = fid_lib.InceptionFeatures(bf16=True)
     real = load("mnist", root=args.data_root, split="test")
-    ref = fid_lib.reference_stats("mnist", root=args.data_root, split="test", extractor=extractor)
+    ref = fid_lib.reference_stats("mnist", "test", args.ref_n, root=args.data_root, extractor=extractor)
 
     def score(lm: LoadedModel, name: str, **kw: object) -> dict[str, object]:
         t = time.monotonic()
