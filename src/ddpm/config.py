@@ -130,6 +130,11 @@ class SampleConfig:
     method: Literal["ddpm", "ddim", "dpmpp_2m", "dpmpp_3m", "dpmpp_2m_sde", "unipc", "heun"] = "unipc"
     steps: int | None = 20
     eta: float = 0.0
+    # the timestep grid of the run's own sampler (None: the sampler's default; see ddpm.sampling.timestep_grid).
+    # Distilled students set "trailing": the grid their steps were distilled on.
+    spacing: (
+        Literal["linspace", "leading", "trailing", "quadratic", "logsnr", "logsnr_soft", "karras"] | None
+    ) = None
     guidance: float = 0.0
     clip_denoised: bool = True
     batch_size: int = 256

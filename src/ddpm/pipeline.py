@@ -92,6 +92,7 @@ def generate(
 ) -> Tensor:
     """Draw ``n`` images as uint8 [n, C, H, W]; unset options fall back to the run's ``sample`` config.
 
+    The run's ``sample.spacing`` applies when ``method`` is the run's own (unless ``spacing`` is given).
     Batch b uses a generator seeded by (seed, b), so results do not depend on anything but the arguments.
     ``labels`` [n] select classes for conditional models (guidance scale ``guidance``, Ho & Salimans 2022).
     ``precision=None`` samples in the run's own ``train.precision`` (``auto``: bf16 where the CPU or GPU has it).
@@ -104,6 +105,8 @@ def generate(
     eta = sc.eta if eta is None else eta
     guidance = sc.guidance if guidance is None else guidance
     batch_size = batch_size or sc.batch_size
+    if "spacing" not in kw and sc.spacing is not None and method == sc.method:
+        kw["spacing"] = sc.spacing  # the run's own sampler on its own grid (a distilled student's)
     if n < 1:
         raise PipelineError(f"n must be at least 1, got {n}")
     device = next(lm.model.parameters()).device

@@ -71,6 +71,7 @@ def resume(tr: Trainer) -> None:
         tr.batches.load_state_dict(rank_data_position(tr, st))
     if "timestep_sampler" in st:
         tr.timestep_sampler.load_state_dict(st["timestep_sampler"])
+    tr.load_extra_state(st)
     tr.run_progress = TrainProgress.from_state(st, step=ck.step)
     tr.ema.num_updates = tr.run_progress.ema_updates
     resume_best_weights(tr)
@@ -159,6 +160,7 @@ def train_state(tr: Trainer) -> dict[str, Any]:
     }
     if torch.cuda.is_available():
         st["cuda_rng"] = torch.cuda.get_rng_state_all()
+    st.update(tr.extra_state())
     if tr.dist.enabled:  # every rank's dropout stream: resuming on as many ranks continues each exactly
         mine = {"torch": torch.get_rng_state()}
         if tr.device.type == "cuda":

@@ -231,6 +231,21 @@ class Trainer:
             y = torch.where(drop, torch.full_like(y, num_classes), y)
         return {"y": y}
 
+    def batch_losses(
+        self, model: Callable[..., Tensor], x: Tensor, t: Tensor, noise: Tensor, kwargs: dict[str, Tensor]
+    ) -> dict[str, Tensor]:
+        """Per-example loss terms [N] of one micro-batch (x [N, C, H, W] in [−1, 1], t [N], noise like x) under
+        ``"loss"``: the diffusion's training loss. Distillation (:mod:`ddpm.distill`) overrides this."""
+        return self.diffusion.training_losses(model, x, t, noise, model_kwargs=kwargs)
+
+    def extra_state(self) -> dict[str, Any]:
+        """More training state for ``state.pt`` (keys beside the trainer's own; tensors and plain containers):
+        none here, a subclass's own (distillation: its round and teacher)."""
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`extra_state` saved, from a checkpoint's whole training state (on resume)."""
+
     def train_step(self) -> dict[str, float] | None:
         """One optimizer step over ``grad_accum`` micro-batches. Returns its metrics, or None if skipped."""
         tc = self.config.train
@@ -263,9 +278,7 @@ class Trainer:
             last = k == tc.grad_accum - 1
             with contextlib.nullcontext() if self.ddp is None or last else self.ddp.no_sync():
                 with autocast_context(self.precision, self.device):
-                    terms = self.diffusion.training_losses(
-                        model, x, t_all[sl], noise_all[sl], model_kwargs=kwargs
-                    )
+                    terms = self.batch_losses(model, x, t_all[sl], noise_all[sl], kwargs)
                 # Each micro-batch's mean is divided by the number of micro-batches: the gradient equals that of
                 # the mean loss over the whole batch.
                 self.timestep_sampler.update_with_losses(t_all[sl], terms["loss"].detach())
