@@ -11,8 +11,9 @@ run on the same data reads them back; the Inception network is loaded once per r
 What keeps it from stalling training: it runs on rank 0 only, between steps, in inference mode and in the run's
 precision (bf16 Inception features where the run trains in bf16); each evaluation's seconds are logged (``fid_s``;
 the first also ``fid_ref_s``, the reference's) and counted in the run's time (``train.max_minutes`` included) but
-not in its img/s; and when one evaluation takes
-more than a quarter of the training time since the previous one, the run says so once, with what to change.
+not in its img/s; and when one evaluation takes more than a quarter of the training time since the previous
+one, the run says so once, with what to change. Under torch.distributed the other ranks wait for rank 0 at the
+next collective (well within the default collective timeouts for evaluations of minutes).
 
 Each evaluation appends ``{"step", "fid", "fid_n", "fid_s", "best_fid", "best_fid_step"}`` to ``metrics.jsonl``
 (and so to TensorBoard); a new best writes ``checkpoints/best-fid/`` (model and EMA weights with the config, a
