@@ -33,6 +33,7 @@ __all__ = [
     "PREPROCESSING",
     "InceptionFeatures",
     "file_sha256",
+    "inception_input",
     "inception_path",
     "nvidia_resize",
 ]
@@ -145,6 +146,16 @@ def _to_nchw_uint8(images: Any, layout: str = "auto") -> torch.Tensor:
     return x
 
 
+def inception_input(images: torch.Tensor, device: torch.device | str = "cpu") -> torch.Tensor:
+    """uint8 [N, C, H, W] (C = 1 or 3) -> float32 [N, 3, 299, 299] in [-1, 1) on ``device``: NVIDIA's (TF1 legacy)
+    bilinear resize on the [0, 255] scale, then (x − 128) / 128, grayscale repeated to RGB."""
+    x = images.to(device, torch.float32)
+    if tuple(x.shape[-2:]) != INCEPTION_SIZE:
+        x = nvidia_resize(x, INCEPTION_SIZE)
+    x = (x - 128.0) / 128.0
+    return x.repeat(1, 3, 1, 1) if x.shape[1] == 1 else x
+
+
 class InceptionFeatures:
     """2048-d Inception-v3 ``pool_3`` features of uint8 images, as FID defines them.
 
@@ -205,11 +216,7 @@ class InceptionFeatures:
 
     def preprocess(self, images: Any, layout: str = "auto") -> torch.Tensor:
         """uint8 images (see class docstring) -> float32 network input [N, 3, 299, 299] in [-1, 1)."""
-        x = _to_nchw_uint8(images, layout).to(self.device, torch.float32)
-        if tuple(x.shape[-2:]) != INCEPTION_SIZE:
-            x = nvidia_resize(x, INCEPTION_SIZE)
-        x = (x - 128.0) / 128.0
-        return x.repeat(1, 3, 1, 1) if x.shape[1] == 1 else x
+        return inception_input(_to_nchw_uint8(images, layout), self.device)
 
     @torch.inference_mode()
     def __call__(self, images: Any, layout: str = "auto") -> np.ndarray:

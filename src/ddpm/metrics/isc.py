@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..threads import Threads, ThreadTuner, thread_scope, validate_threads
-from .inception import INCEPTION_SIZE, _to_nchw_uint8, nvidia_resize
+from .inception import _to_nchw_uint8, inception_input
 
 __all__ = [
     "NUM_CLASSES",
@@ -276,11 +276,7 @@ class InceptionClassifier:
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 [n, C, H, W] -> float32 [n, 3, 299, 299]: TF1 legacy bilinear resize, then (x - 128) / 128."""
-        x = images.to(self.device, torch.float32)
-        if tuple(x.shape[-2:]) != INCEPTION_SIZE:
-            x = nvidia_resize(x, INCEPTION_SIZE)
-        x = (x - 128.0) / 128.0
-        return x.repeat(1, 3, 1, 1) if x.shape[1] == 1 else x
+        return inception_input(images, self.device)
 
     @torch.inference_mode()
     def __call__(self, images: Any, layout: str = "auto") -> np.ndarray:
