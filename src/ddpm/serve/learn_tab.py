@@ -55,8 +55,8 @@ def schedule_figure(t: Any) -> Any:
         a = s.alphas_cumprod.numpy()
         ax1.plot(steps, a, lw=2, label=name)
         ax2.plot(steps, a / (1 - a), lw=2, label=name)
-    ax1.set_title(r"$\bar\alpha_t$ (signal fraction)")
-    ax2.set_title(r"SNR$_t = \bar\alpha_t / (1 - \bar\alpha_t)$")
+    ax1.set_title("ᾱ_t (signal fraction)")  # plain text: matplotlib's mathtext parser is not thread-safe
+    ax2.set_title("SNR_t = ᾱ_t / (1 − ᾱ_t)")
     ax2.set_yscale("log")
     for ax in (ax1, ax2):
         ax.axvline(t, color="k", lw=1, ls="--")

@@ -126,9 +126,9 @@ def build(ctx: Context, demo: Any) -> None:
             ema = gr.Checkbox(value=True, label="EMA weights")
             method = gr.Dropdown(list(METHODS), value=first.config.sample.method, label="sampler")
             steps = gr.Slider(1, min(T, lim.max_steps), value=min(first.config.sample.steps or T, T), step=1,
-                              label="steps")  # fmt: skip
+                              label="steps", elem_id="sample-steps")  # fmt: skip
             eta = gr.Slider(0, 1, value=0, step=0.05, label="η (DDIM)")
-            seed = gr.Number(0, precision=0, label="seed", minimum=0)
+            seed = gr.Number(0, precision=0, label="seed", minimum=0, elem_id="sample-seed")
             n = gr.Slider(1, lim.max_batch, value=min(8, lim.max_batch), step=1, label="images")
             klass, guidance = _class_widgets(first)
             go = gr.Button("Sample", variant="primary", elem_id="sample-button")
