@@ -123,11 +123,13 @@ def test_dashboard_reads_the_log_and_skips_when_unchanged(ctx, serve_run):
     import gradio as gr
 
     from ddpm import runlog
-    from ddpm.serve.dashboard_tab import dashboard
+    from ddpm.serve.dashboard_tab import curves_figure, dashboard
 
     run = ctx.runs.labels[0]
-    summary, fig, slider, image, config, seen = dashboard(ctx, run, None, None)
+    summary, pixels, slider, image, config, seen = dashboard(ctx, run, None, None)
     assert "step 6" in summary and config["data"]["name"] == "blobs"
+    assert pixels.ndim == 3 and pixels.dtype == np.uint8 and pixels.shape[1] > pixels.shape[0]
+    fig = curves_figure(runlog.read(serve_run))
     titles = [ax.get_title() for ax in fig.axes]
     assert titles == ["loss", "learning rate"]  # no FID logged by this run
     lines = {ln.get_label(): ln for ln in fig.axes[0].lines}

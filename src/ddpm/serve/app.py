@@ -31,6 +31,7 @@ def _gradio() -> Any:
 def build_app(ctx: Context) -> Any:
     """The page's ``gr.Blocks`` for ``ctx`` (queued; not launched)."""
     gr = _gradio()
+    _preload()
     from . import dashboard_tab, edit_tab, learn_tab, sample_tab
 
     with gr.Blocks(title="ddpm serve", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
@@ -45,6 +46,16 @@ def build_app(ctx: Context) -> Any:
             learn_tab.build(ctx, demo)
     demo.queue(default_concurrency_limit=ctx.limits.concurrency, max_size=ctx.limits.queue_size)
     return demo
+
+
+def _preload() -> None:
+    """Import what the handlers import lazily, once, before requests run in threads: two threads importing
+    torchvision for the first time at once can see it half-initialised."""
+    import matplotlib.backends.backend_agg  # noqa: F401
+    import matplotlib.figure  # noqa: F401
+    import torchvision.transforms.v2.functional  # noqa: F401
+    import torchvision.utils  # noqa: F401
+    from PIL import Image  # noqa: F401
 
 
 def launch(

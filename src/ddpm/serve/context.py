@@ -9,6 +9,7 @@ import inspect
 import shutil
 import sys
 import tempfile
+import threading
 import traceback
 import uuid
 from collections.abc import Callable
@@ -34,6 +35,7 @@ __all__ = [
     "guidance_scale",
     "guided_model",
     "handler",
+    "render",
     "dataset_image",
     "to_model_input",
     "to_model_mask",
@@ -58,6 +60,21 @@ class Context:
 
     def close(self) -> None:
         shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+_MATPLOTLIB = threading.Lock()  # matplotlib's text layout (mathtext of log-scale ticks) is not thread-safe
+
+
+def render(draw: Callable[[], Any]) -> np.ndarray:
+    """The matplotlib ``Figure`` that ``draw()`` returns, drawn to uint8 RGB pixels [H, W, 3] under one lock
+    (requests run in threads; the page gets pixels, so no figure is drawn outside the lock)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    with _MATPLOTLIB:
+        fig = draw()
+        canvas = FigureCanvasAgg(fig)
+        canvas.draw()
+        return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
 def _as_gradio_error(e: BaseException) -> Exception:

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .context import Context, handler
+from .context import Context, handler, render
 
 __all__ = ["REFRESH_S", "build", "curves_figure", "dashboard"]
 
@@ -86,7 +86,7 @@ def dashboard(ctx: Context, run: Any, index: Any, seen: Any) -> tuple[Any, ...]:
     label = f"training grid: {grids[i].stem}" if n else "no sample grids written yet"
     return (
         _summary(ctx, run, records),
-        curves_figure(records) if changed else gr.skip(),
+        render(lambda: curves_figure(records)) if changed else gr.skip(),
         slider,
         gr.update(value=image, label=label) if changed else gr.skip(),
         ctx.runs.config(run) if changed else gr.skip(),
@@ -124,7 +124,7 @@ def build(ctx: Context, demo: Any) -> None:
     with gr.Row():
         run = gr.Dropdown(labels, value=labels[0], label="run", scale=1)
         summary = gr.Markdown(elem_id="dashboard-summary")
-    curves = gr.Plot(label="training curves", elem_id="dashboard-curves")
+    curves = gr.Image(label="training curves", elem_id="dashboard-curves", interactive=False, format="png")
     with gr.Row():
         with gr.Column():
             index = gr.Slider(

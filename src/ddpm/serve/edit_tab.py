@@ -167,7 +167,9 @@ def build(ctx: Context, demo: Any) -> None:
                 ks = gr.Slider(1, lim.max_samples, value=3, step=1, label="completions")
                 go_i = gr.Button("Inpaint", variant="primary")
             with gr.Column():
-                out_i = gr.Image(label="input · known pixels · completions", interactive=False, format="png")
+                out_i = gr.Image(
+                    label="input · known pixels · completions", interactive=False, format="png", height=240
+                )
                 file_i = gr.File(label="download (.npz)", file_count="multiple", interactive=False)
     with gr.Tab("SDEdit"):
         with gr.Row():
@@ -181,7 +183,7 @@ def build(ctx: Context, demo: Any) -> None:
                 s_steps = gr.Slider(1, T, value=min(50, T), step=1, label="steps below t₀")
                 go_s = gr.Button("SDEdit", variant="primary")
             with gr.Column():
-                out_s = gr.Image(label="input · result", interactive=False, format="png")
+                out_s = gr.Image(label="input · result", interactive=False, format="png", height=240)
                 file_s = gr.File(label="download (.npz)", file_count="multiple", interactive=False)
     with gr.Tab("Interpolate"):
         with gr.Row():
@@ -197,7 +199,7 @@ def build(ctx: Context, demo: Any) -> None:
                 n_steps = gr.Slider(1, T, value=min(50, T), step=1, label="DDIM steps")
                 go_n = gr.Button("Interpolate", variant="primary")
             with gr.Column():
-                out_n = gr.Image(label="A · frames · B", interactive=False, format="png")
+                out_n = gr.Image(label="A · frames · B", interactive=False, format="png", height=240)
                 file_n = gr.File(label="download (.npz)", file_count="multiple", interactive=False)
 
     pick_e.click(pick, [run, index], editor, api_visibility="private")

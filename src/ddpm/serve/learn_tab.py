@@ -12,7 +12,7 @@ import torch
 from ..diffusion import GaussianDiffusion
 from ..schedule import NoiseSchedule
 from ..viz import grid_array
-from .context import Context, dataset_image, handler, to_model_input
+from .context import Context, dataset_image, handler, render, to_model_input
 from .limits import integer
 
 __all__ = ["T", "build", "forward_images", "schedules", "schedule_figure"]
@@ -87,13 +87,15 @@ def build(ctx: Context, demo: Any) -> None:
         with gr.Column(scale=2):
             info = gr.Markdown(elem_id="learn-info")
             with gr.Row():
-                shown0 = gr.Image(label="x₀", interactive=False, format="png")
+                shown0 = gr.Image(label="x₀", interactive=False, format="png", height=240)
                 lin = gr.Image(label="x_t, linear", interactive=False, elem_id="learn-linear", format="png")
                 cos = gr.Image(label="x_t, cosine", interactive=False, elem_id="learn-cosine", format="png")
-            plot = gr.Plot(label="ᾱ_t and SNR", elem_id="learn-plot")
+            plot = gr.Image(
+                label="ᾱ_t and SNR", elem_id="learn-plot", interactive=False, format="png", height=240
+            )
 
     forward = handler(lambda r, im, tt, s: forward_images(ctx, r, im, tt, s))
-    figure = handler(schedule_figure)
+    figure = handler(lambda tt: render(lambda: schedule_figure(tt)))
     pick.click(handler(lambda r, i: dataset_image(ctx, r, i)), [run, index], image, api_name="learn_image")
     for ev in (image.change, t.release, seed.change, run.change):
         ev(forward, [run, image, t, seed], [shown0, lin, cos, info], api_visibility="private")

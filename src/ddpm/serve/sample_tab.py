@@ -135,9 +135,13 @@ def build(ctx: Context, demo: Any) -> None:
         with gr.Column(scale=2):
             status = gr.Markdown("", elem_id="sample-status")
             with gr.Row():
-                xt = gr.Image(label="x_t", elem_id="sample-xt", interactive=False, format="png")
-                x0 = gr.Image(label="predicted x̂₀", elem_id="sample-x0", interactive=False, format="png")
-            grid = gr.Image(label="samples", elem_id="sample-grid", interactive=False, format="png")
+                xt = gr.Image(label="x_t", elem_id="sample-xt", interactive=False, format="png", height=240)
+                x0 = gr.Image(
+                    label="predicted x̂₀", elem_id="sample-x0", interactive=False, format="png", height=240
+                )
+            grid = gr.Image(
+                label="samples", elem_id="sample-grid", interactive=False, format="png", height=240
+            )
             files = gr.File(label="download (PNG, .npz)", file_count="multiple", interactive=False)
 
     def stream(
