@@ -66,3 +66,42 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         argv = ["train", "--preset", "tiny", "--out", str(out), "--max-steps", "2", "--no-progress"]
         assert main([*argv, "--set", "data.limit=64", "--set", "train.threads=1"]) == 0
     return out
+
+
+@pytest.fixture(scope="session")
+def serve_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A `tiny` run of 6 steps that logs losses, validation losses and sample grids every few steps (for the
+    page of ``ddpm serve``; read-only)."""
+    out = tmp_path_factory.mktemp("serve") / "tiny"
+    sets = [
+        "data.limit=64",
+        "train.threads=1",
+        "train.log_every=2",
+        "train.val_every=2",
+        "train.sample_every=3",
+    ]
+    with pinned_threads(1):
+        argv = ["train", "--preset", "tiny", "--out", str(out), "--max-steps", "6", "--no-progress"]
+        assert main([*argv, "--set", *sets]) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def serve_page(serve_run: Path) -> Iterator[tuple[object, str]]:
+    """``ddpm serve`` of :func:`serve_run` on 127.0.0.1 at a free port: (its Context, its URL)."""
+    pytest.importorskip("gradio", reason="ddpm serve needs gradio (pip install 'ddpm[serve]')")
+    import socket
+
+    from ddpm.serve import Context, Runs, launch
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = Context(Runs([serve_run], device="cpu"))
+    demo = launch(ctx, "127.0.0.1", port, block=False, quiet=True)
+    try:
+        with pinned_threads(1):
+            yield ctx, f"http://127.0.0.1:{port}/"
+    finally:
+        demo.close()
+        ctx.close()

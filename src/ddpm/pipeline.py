@@ -88,6 +88,7 @@ def generate(
     precision: str | None = None,
     progress: bool = False,
     threads: Threads = "auto",
+    on_eval: Callable[[Tensor, Tensor, Tensor], None] | None = None,
     **kw: Any,
 ) -> Tensor:
     """Draw ``n`` images as uint8 [n, C, H, W]; unset options fall back to the run's ``sample`` config.
@@ -98,6 +99,8 @@ def generate(
     ``precision=None`` samples in the run's own ``train.precision`` (``auto``: bf16 where the CPU or GPU has it).
     ``threads``: torch's CPU threads while sampling — a number, ``"auto"`` (each network evaluation is a unit of
     work for a :class:`~ddpm.threads.ThreadTuner`) or None (as set); bit-identical results need a number.
+    ``on_eval(x_t, x̂₀, t)`` is called after every network evaluation with the batch's x_t and predicted x̂₀
+    [m, C, H, W] and its original timesteps t [m] (to watch the chain denoise; it may raise to stop sampling).
     """
     sc = lm.config.sample
     method = method or sc.method
@@ -127,6 +130,8 @@ def generate(
             g = torch.Generator(device).manual_seed(seed * 1_000_003 + b)
             y = labels[b * batch_size : b * batch_size + m].to(device) if labels is not None else None
             fn = _timed(model_fn(lm, y, guidance), tuner)
+            if on_eval is not None:
+                fn = _observed(fn, lm.diffusion, sc.clip_denoised, on_eval)
             with torch.inference_mode(), autocast_context(precision, device):
                 x = sample(
                     fn,
@@ -150,6 +155,24 @@ def _timed(
     if tuner is None:
         return fn
     return lambda x, t: tuner.run(lambda: fn(x, t), work=x.shape[0])
+
+
+def _observed(
+    fn: Callable[[Tensor, Tensor], Tensor],
+    diffusion: GaussianDiffusion,
+    clip_denoised: bool,
+    on_eval: Callable[[Tensor, Tensor, Tensor], None],
+) -> Callable[[Tensor, Tensor], Tensor]:
+    """``fn`` reporting (x_t, x̂₀, t) to ``on_eval`` after each call; x̂₀ is read from the output the sampler
+    gets anyway (the full diffusion at the original timestep t has the same ᾱ_t as any respaced one)."""
+
+    def observed(x: Tensor, t: Tensor) -> Tensor:
+        out = fn(x, t)
+        x0, _ = diffusion.model_predictions(out, x, t, clip_denoised)
+        on_eval(x, x0, t)
+        return out
+
+    return observed
 
 
 def save_images(images: Tensor, out: str | Path, labels: Tensor | None = None) -> Path:

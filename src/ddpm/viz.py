@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
     from .schedule import NoiseSchedule
 
 __all__ = [
+    "grid_array",
     "save_grid",
     "forward_strip",
     "denoising_strip",
@@ -98,6 +100,14 @@ def _save_unit_grid(unit: Tensor, path: str | Path, nrow: int, padding: int) -> 
     path = _prepare(path)
     save_image(unit, path, nrow=nrow, padding=padding, pad_value=1.0)
     return path
+
+
+def grid_array(x: Tensor, nrow: int | None = None, padding: int = 2) -> np.ndarray:
+    """Images x [N, C, H, W] (float in [-1, 1] or uint8) as one uint8 grid array, [H', W'] for one channel and
+    [H', W', 3] for three (what image widgets take); ``nrow`` (images per row) defaults to ⌈√N⌉."""
+    nrow = nrow or max(1, math.ceil(math.sqrt(x.shape[0])))
+    g = _grid_uint8(x, nrow, padding)
+    return (g[0] if g.shape[0] == 1 else g.permute(1, 2, 0)).contiguous().numpy()
 
 
 def save_grid(x: Tensor, path: str | Path, nrow: int | None = None, padding: int = 2) -> Path:

@@ -1,6 +1,6 @@
 """The ``ddpm`` command: a thin layer over the library, one module per command group (:mod:`.train`,
-:mod:`.sample`, :mod:`.edit`, :mod:`.evaluate`, :mod:`.convert`, :mod:`.classifier`, :mod:`.distill`), each
-registering its sub-commands.
+:mod:`.sample`, :mod:`.edit`, :mod:`.evaluate`, :mod:`.convert`, :mod:`.classifier`, :mod:`.distill`,
+:mod:`.serve`), each registering its sub-commands.
 
 Every failure a user can cause ends in one line on stderr (``ddpm: error: …``) and a non-zero exit; ``--debug``
 shows the traceback instead. The library raises typed errors that say what is wrong; :func:`main` maps them to
@@ -15,7 +15,7 @@ import sys
 import warnings
 from collections.abc import Callable, Sequence
 
-from . import classifier, convert, distill, edit, evaluate, sample, train
+from . import classifier, convert, distill, edit, evaluate, sample, serve, train
 from .args import UserError, _Parser
 from .train import DEMO_MIN_STEPS
 
@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="ddpm", description="Denoising Diffusion Probabilistic Models: train, sample, evaluate.")
     p.add_argument("--version", action="version", version=f"ddpm {_version()}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for group in (train, sample, edit, evaluate, convert, classifier, distill):
+    for group in (train, sample, edit, evaluate, convert, classifier, distill, serve):
         group.register(sub)
     return p
 
@@ -56,6 +56,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from ..data import DataError
     from ..distill import DistillError
     from ..metrics.classifier import ClassifierError
+    from ..serve import ServeError
     from ..train import TrainingError
 
     return (
@@ -66,6 +67,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         TrainingError,
         DistillError,
         ClassifierError,
+        ServeError,
         FileNotFoundError,
         PermissionError,
         IsADirectoryError,
