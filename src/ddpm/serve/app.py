@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .context import Context
+from .context import PAGE_CSS, Context
 from .limits import Limits, is_local
 from .runs import Runs
 
@@ -79,6 +79,7 @@ def launch(
         footer_links=["api"],
         allowed_paths=[str(ctx.workdir)],
         theme=gr.themes.Soft(),
+        css=PAGE_CSS,
     )
     return demo
 

@@ -44,6 +44,15 @@ __all__ = [
 USER_ERRORS = (RequestError, EditError, PipelineError, CheckpointError, DataError)
 
 
+#: The CSS class of image outputs that show model pixels (16–32 px images): displayed enlarged to their box
+#: without smoothing (:data:`PAGE_CSS`), so that a 16×16 sample is seen as pixels, not as a smudge.
+PIXELS = ["ddpm-pixels"]
+PAGE_CSS = (
+    ".ddpm-pixels img { image-rendering: pixelated; width: 100% !important; height: 100% !important;"
+    " object-fit: contain; }"
+)
+
+
 @dataclass
 class Context:
     """The state of one page: runs, limits and a scratch directory removed by :meth:`close`."""

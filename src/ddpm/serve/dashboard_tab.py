@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .context import Context, handler, render
+from .context import PIXELS, Context, handler, render
 
 __all__ = ["REFRESH_S", "build", "curves_figure", "dashboard"]
 
@@ -134,7 +134,13 @@ def build(ctx: Context, demo: Any) -> None:
                 step=1,
                 label="sample grids written during training",
             )
-            grid = gr.Image(label="training grid", interactive=False, elem_id="dashboard-grid", format="png")
+            grid = gr.Image(
+                label="training grid",
+                elem_classes=PIXELS,
+                interactive=False,
+                elem_id="dashboard-grid",
+                format="png",
+            )
         with gr.Column():
             config = gr.JSON(label="resolved config", elem_id="dashboard-config")
     seen = gr.State(None)

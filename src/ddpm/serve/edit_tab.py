@@ -17,7 +17,7 @@ from ..editing import MASK_PRESETS, inpaint, interpolate, mask_preset, sdedit
 from ..pipeline import LoadedModel, save_images
 from ..sampling import METHODS
 from ..viz import grid_array
-from .context import Context, dataset_image, guided_model, handler, to_model_input, to_model_mask
+from .context import PIXELS, Context, dataset_image, guided_model, handler, to_model_input, to_model_mask
 from .limits import RequestError, choice, integer, number
 
 __all__ = ["DRAWN", "MASKS", "build", "edit_inpaint", "edit_interpolate", "edit_sdedit"]
@@ -168,7 +168,11 @@ def build(ctx: Context, demo: Any) -> None:
                 go_i = gr.Button("Inpaint", variant="primary")
             with gr.Column():
                 out_i = gr.Image(
-                    label="input · known pixels · completions", interactive=False, format="png", height=240
+                    label="input · known pixels · completions",
+                    elem_classes=PIXELS,
+                    interactive=False,
+                    format="png",
+                    height=240,
                 )
                 file_i = gr.File(label="download (.npz)", file_count="multiple", interactive=False)
     with gr.Tab("SDEdit"):
@@ -183,7 +187,9 @@ def build(ctx: Context, demo: Any) -> None:
                 s_steps = gr.Slider(1, T, value=min(50, T), step=1, label="steps below t₀")
                 go_s = gr.Button("SDEdit", variant="primary")
             with gr.Column():
-                out_s = gr.Image(label="input · result", interactive=False, format="png", height=240)
+                out_s = gr.Image(
+                    label="input · result", elem_classes=PIXELS, interactive=False, format="png", height=240
+                )
                 file_s = gr.File(label="download (.npz)", file_count="multiple", interactive=False)
     with gr.Tab("Interpolate"):
         with gr.Row():
@@ -199,7 +205,9 @@ def build(ctx: Context, demo: Any) -> None:
                 n_steps = gr.Slider(1, T, value=min(50, T), step=1, label="DDIM steps")
                 go_n = gr.Button("Interpolate", variant="primary")
             with gr.Column():
-                out_n = gr.Image(label="A · frames · B", interactive=False, format="png", height=240)
+                out_n = gr.Image(
+                    label="A · frames · B", elem_classes=PIXELS, interactive=False, format="png", height=240
+                )
                 file_n = gr.File(label="download (.npz)", file_count="multiple", interactive=False)
 
     pick_e.click(pick, [run, index], editor, api_visibility="private")

@@ -12,7 +12,7 @@ import torch
 from ..diffusion import GaussianDiffusion
 from ..schedule import NoiseSchedule
 from ..viz import grid_array
-from .context import Context, dataset_image, handler, render, to_model_input
+from .context import PIXELS, Context, dataset_image, handler, render, to_model_input
 from .limits import integer
 
 __all__ = ["T", "build", "forward_images", "schedules", "schedule_figure"]
@@ -87,9 +87,23 @@ def build(ctx: Context, demo: Any) -> None:
         with gr.Column(scale=2):
             info = gr.Markdown(elem_id="learn-info")
             with gr.Row():
-                shown0 = gr.Image(label="x₀", interactive=False, format="png", height=240)
-                lin = gr.Image(label="x_t, linear", interactive=False, elem_id="learn-linear", format="png")
-                cos = gr.Image(label="x_t, cosine", interactive=False, elem_id="learn-cosine", format="png")
+                shown0 = gr.Image(
+                    label="x₀", elem_classes=PIXELS, interactive=False, format="png", height=240
+                )
+                lin = gr.Image(
+                    label="x_t, linear",
+                    elem_classes=PIXELS,
+                    interactive=False,
+                    elem_id="learn-linear",
+                    format="png",
+                )
+                cos = gr.Image(
+                    label="x_t, cosine",
+                    elem_classes=PIXELS,
+                    interactive=False,
+                    elem_id="learn-cosine",
+                    format="png",
+                )
             plot = gr.Image(
                 label="ᾱ_t and SNR", elem_id="learn-plot", interactive=False, format="png", height=240
             )

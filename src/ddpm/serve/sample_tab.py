@@ -19,7 +19,7 @@ from torch import Tensor
 from ..pipeline import generate, save_images
 from ..sampling import METHODS
 from ..viz import grid_array
-from .context import Context, class_labels, guidance_scale, handler
+from .context import PIXELS, Context, class_labels, guidance_scale, handler
 from .limits import choice, integer, number
 
 __all__ = ["FRAMES", "build", "evaluations", "sample_stream"]
@@ -135,12 +135,29 @@ def build(ctx: Context, demo: Any) -> None:
         with gr.Column(scale=2):
             status = gr.Markdown("", elem_id="sample-status")
             with gr.Row():
-                xt = gr.Image(label="x_t", elem_id="sample-xt", interactive=False, format="png", height=240)
+                xt = gr.Image(
+                    label="x_t",
+                    elem_id="sample-xt",
+                    elem_classes=PIXELS,
+                    interactive=False,
+                    format="png",
+                    height=240,
+                )
                 x0 = gr.Image(
-                    label="predicted x̂₀", elem_id="sample-x0", interactive=False, format="png", height=240
+                    label="predicted x̂₀",
+                    elem_id="sample-x0",
+                    elem_classes=PIXELS,
+                    interactive=False,
+                    format="png",
+                    height=240,
                 )
             grid = gr.Image(
-                label="samples", elem_id="sample-grid", interactive=False, format="png", height=240
+                label="samples",
+                elem_id="sample-grid",
+                elem_classes=PIXELS,
+                interactive=False,
+                format="png",
+                height=240,
             )
             files = gr.File(label="download (PNG, .npz)", file_count="multiple", interactive=False)
 
